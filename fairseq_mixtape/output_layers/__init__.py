@@ -1,0 +1,66 @@
+"""Output layers: one module each, one interface (``base.OutputLayer``), one registry.
+
+    build_output_layer(cfg, input_dim, num_tokens, embed_weight=None)
+
+builds the layer named by ``cfg.output_layer`` (an ``OutputLayerConfig``, or any object with
+its fields, such as fairseq's argparse namespace).
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from .base import OUTPUT_LAYERS, OutputLayer, check_option, register_output_layer
+from .softmax import Softmax  # noqa: I001  (import order = order of the --output-layer choices)
+from .mos import MixtureOfSoftmaxes
+from .mixtape import Mixtape
+from .sigsoftmax import MixtureOfSigsoftmaxes, Sigsoftmax
+
+OUTPUT_LAYER_CHOICES = ChoiceEnum(list(OUTPUT_LAYERS))
+
+
+@dataclass
+class OutputLayerConfig(FairseqDataclass):
+    output_layer: OUTPUT_LAYER_CHOICES = field(
+        default="softmax",
+        metadata={"help": "decoder output layer: softmax (baseline), mos (mixture of softmaxes), "
+                          "mixtape, sigsoftmax, mos_sigsoftmax (mixture of sigsoftmaxes)"})
+    output_components: Optional[int] = field(
+        default=None,
+        metadata={"help": "number of mixture components K (default: 15 for mos and "
+                          "mos_sigsoftmax, 4 for mixtape, where it must be a power of two); "
+                          "softmax and sigsoftmax have one"})
+    output_bias: bool = field(
+        default=False, metadata={"help": "add a learned per-token bias b_x to the output logits"})
+    mos_context_dropout: float = field(
+        default=0.0,
+        metadata={"help": "mos/mos_sigsoftmax: dropout on the K context vectors, one mask per "
+                          "sequence shared over time steps (the MoS paper's dropoutl; 0.29 on PTB)"})
+    mixtape_gate_dim: int = field(
+        default=64, metadata={"help": "mixtape: gate embedding size d1 of the frequent tokens' gates"})
+    mixtape_frequent_tokens: float = field(
+        default=0.1,
+        metadata={"help": "mixtape: S, the most frequent tokens (the first S ids of a "
+                          "frequency-sorted dictionary) that get their own gates; all others "
+                          "share one. A value in [0, 1) is a fraction of the vocabulary, a whole "
+                          "number >= 1 a count"})
+
+
+def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
+                       embed_dim: Optional[int] = None) -> OutputLayer:
+    """The output layer named by ``cfg.output_layer``, configured from ``cfg``'s fields."""
+    name = getattr(cfg, "output_layer", "softmax")
+    check_option(name in OUTPUT_LAYERS, "--output-layer", name, ", ".join(OUTPUT_LAYERS))
+    layer = OUTPUT_LAYERS[name]
+    components = getattr(cfg, "output_components", None)
+    check_option(components in (None, 1) or layer.default_components > 1,
+                 "--output-components (K)", components, f"1 or unset for {name}, which has one")
+    common = dict(input_dim=input_dim, num_tokens=num_tokens, embed_weight=embed_weight,
+                  embed_dim=embed_dim, bias=getattr(cfg, "output_bias", False))
+    return layer.from_config(cfg, **common)
+
+
+__all__ = ["OUTPUT_LAYERS", "OutputLayer", "OutputLayerConfig", "build_output_layer",
+           "register_output_layer", "Softmax", "MixtureOfSoftmaxes", "Mixtape", "Sigsoftmax",
+           "MixtureOfSigsoftmaxes"]

@@ -1,0 +1,65 @@
+"""Mixture of Softmaxes (Yang, Dai, Salakhutdinov, Cohen, ICLR 2018)."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import OutputLayer, check_components, check_option, register_output_layer, upcast
+
+
+@register_output_layer("mos")
+class MixtureOfSoftmaxes(OutputLayer):
+    """K softmaxes over K context vectors, mixed by a context-dependent prior (MoS eq. 4):
+
+        pi_k       = softmax_k(W_pi g)
+        h_k        = tanh(W_k g + c_k)
+        log p(x|g) = logsumexp_k( log pi_k + log_softmax_x(h_k . w_x + b_x) )
+
+    The mixture is computed exactly in log space (the official code's ``log(p + 1e-8)`` floor
+    caps log-probs at -18.4 and fakes rank). Dropout on the context vectors uses one mask per
+    sequence shared over time steps ("dropoutl"). Costs K full V-wide softmaxes per position.
+    """
+
+    scores_are_log_probs = True
+    default_components = 15
+
+    def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
+                 components: int = 15, context_dropout: float = 0.0):
+        super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
+        check_components(components)
+        check_option(0.0 <= context_dropout < 1.0, "--mos-context-dropout", context_dropout,
+                     "a probability in [0, 1)")
+        self.components = components
+        self.context_dropout = context_dropout
+        self.prior = nn.Linear(input_dim, components, bias=False)        # W_pi
+        self.context = nn.Linear(input_dim, components * self.embed_dim)  # W_k, c_k stacked
+
+    @classmethod
+    def from_config(cls, cfg, **common):
+        return cls(**common, components=cls.components_from(cfg),
+                   context_dropout=cfg.mos_context_dropout)
+
+    def gate_priors(self, features):
+        return F.softmax(upcast(self.prior(features)), dim=-1)
+
+    def contexts(self, features: torch.Tensor) -> torch.Tensor:
+        """features (..., C) -> context vectors h (..., K, E)."""
+        h = torch.tanh(self.context(features)).unflatten(-1, (self.components, self.embed_dim))
+        if self.training and self.context_dropout > 0:
+            h = h * self.sequence_dropout_mask(h)
+        return h
+
+    def sequence_dropout_mask(self, h: torch.Tensor) -> torch.Tensor:
+        """For h (B, T, K, E): a mask (B, 1, K, E), one per sequence, shared over time steps."""
+        shape = (h.shape[0], 1, *h.shape[2:]) if h.dim() == 4 else h.shape
+        keep = 1.0 - self.context_dropout
+        return h.new_empty(shape).bernoulli_(keep) / keep
+
+    def component_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-component log-probabilities (..., K, V), in float32 under fp16/bf16."""
+        return F.log_softmax(upcast(logits), dim=-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        log_prior = F.log_softmax(upcast(self.prior(features)), dim=-1)         # (..., K)
+        log_probs = self.component_log_probs(self.token_logits(self.contexts(features)))
+        return torch.logsumexp(log_probs + log_prior.unsqueeze(-1), dim=-2)   # (..., K, V) -> (..., V)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with a CPU (or the machine's) torch, fairseq and this plugin.
+#
+#   bash scripts/install_env.sh [VENV_DIR]      (default: .venv)
+#
+# fairseq is installed with --no-deps and its real dependencies listed here, because its
+# declared `torchaudio` dependency would make pip replace an installed torch with a CUDA build
+# pinned by the newest torchaudio (several GB); fairseq's text paths never import torchaudio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-.venv}
+PY=${PYTHON:-python3}
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "[install] creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --quiet)
+
+echo "[install] build tools, numpy, torch (${TORCH_SPEC:=torch==2.13.0})"
+"${PIP[@]}" --upgrade pip setuptools wheel
+"${PIP[@]}" numpy cython "$TORCH_SPEC"
+
+if "$VENV/bin/python" -c "import sys; sys.exit(sys.version_info < (3, 11))"; then
+  FAIRSEQ=fairseq-fixed==0.12.3.1      # official fairseq 0.12.2 does not run on Python >= 3.11
+else
+  FAIRSEQ=fairseq==0.12.2
+fi
+if ! "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
+  echo "[install] $FAIRSEQ (builds from source, a few minutes the first time)"
+  "${PIP[@]}" --no-build-isolation --no-deps "$FAIRSEQ"
+fi
+
+echo "[install] fairseq's runtime dependencies, the plugin and its test tools"
+"${PIP[@]}" -r requirements.txt
+"${PIP[@]}" --no-deps -e .
+echo "[install] done: $("$VENV/bin/python" -c 'import torch, fairseq; print("torch", torch.__version__, "fairseq", fairseq.__version__)')"

@@ -1,0 +1,301 @@
+"""Output layers against their equations, written out independently here."""
+
+import math
+
+import mpmath
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fairseq_mixtape.output_layers import OUTPUT_LAYERS, OutputLayerConfig, build_output_layer
+from fairseq_mixtape.output_layers.mixtape import Mixtape, resolve_frequent_tokens
+from fairseq_mixtape.output_layers.mos import MixtureOfSoftmaxes
+from fairseq_mixtape.output_layers.sigsoftmax import sigsoftmax_logits
+
+LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax", "mos_sigsoftmax"]
+C, V = 12, 50
+
+
+def build(name, input_dim=C, num_tokens=V, embed_weight=None, **options):
+    if name in ("softmax", "sigsoftmax"):  # one component: mixture options do not apply
+        options.pop("output_components", None)
+    cfg = OutputLayerConfig(output_layer=name, **options)
+    return build_output_layer(cfg, input_dim, num_tokens, embed_weight=embed_weight)
+
+
+def log_probs(layer, features):
+    return F.log_softmax(layer(features).double(), dim=-1)
+
+
+def test_registry_has_the_five_layers():
+    assert sorted(OUTPUT_LAYERS) == sorted(LAYERS)
+    for name in LAYERS:
+        assert build(name).name == name
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_probabilities_sum_to_one(name, bias):
+    layer = build(name, output_bias=bias).eval()
+    features = torch.randn(3, 7, C) * 3
+    scores = layer(features)
+    assert scores.shape == (3, 7, V)
+    assert torch.allclose(log_probs(layer, features).exp().sum(-1), torch.ones(3, 7, dtype=torch.float64))
+    if layer.scores_are_log_probs:  # mixtures return log p itself: log_softmax leaves it unchanged
+        assert torch.allclose(scores.exp().sum(-1), torch.ones(3, 7), atol=1e-5)
+        assert torch.allclose(F.log_softmax(scores, -1), scores, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- Mixtape
+def tree_priors_reference(gate_logits, leaves, node=0):
+    """Recursive sigmoid tree in heap order: node n's children are 2n+1 (left) and 2n+2."""
+    if len(leaves) == 1:
+        return {leaves[0]: torch.ones_like(gate_logits[..., 0])}
+    s = torch.sigmoid(gate_logits[..., node])
+    half = len(leaves) // 2
+    left = tree_priors_reference(gate_logits, leaves[:half], 2 * node + 1)
+    right = tree_priors_reference(gate_logits, leaves[half:], 2 * node + 2)
+    out = {k: s * p for k, p in left.items()}
+    out.update({k: (1 - s) * p for k, p in right.items()})
+    return out
+
+
+def mixtape_reference(layer: Mixtape, g):
+    """All K x V component logits and all V token-specific priors, the slow way (float64)."""
+    K, S, E = layer.components, layer.frequent, layer.embed_dim
+    h = torch.tanh(layer.context(g)).view(-1, K, E)                   # (N, K, E)
+    component_logits = torch.einsum("nke,ve->nvk", h, layer.weight)     # (N, V, K)
+    if K == 1:
+        priors = torch.ones_like(component_logits)
+    else:
+        gate_logits = layer.shared_gate(g).unsqueeze(1).repeat(1, V, 1)  # (N, V, K-1): u_j . g
+        if S > 0:
+            t = torch.tanh(layer.gate_hidden(g)).view(-1, K - 1, layer.gate_dim)
+            gate_logits[:, :S] += torch.einsum("njd,sd->nsj", t, layer.gate_embed) + layer.gate_bias
+        tree = tree_priors_reference(gate_logits, list(range(K)))
+        priors = torch.stack([tree[k] for k in range(K)], dim=-1)
+    logits = (priors * component_logits).sum(-1)
+    return logits if layer.bias is None else logits + layer.bias
+
+
+@pytest.mark.parametrize("K,frequent", [(2, 0.1), (4, 0.1), (4, 7), (8, 0.3), (4, 0), (2, V), (1, 0.1)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_mixtape_shortcut_equals_naive_reference(K, frequent, bias):
+    layer = build("mixtape", output_components=K, mixtape_frequent_tokens=frequent,
+                  mixtape_gate_dim=5, output_bias=bias).double()
+    with torch.no_grad():
+        if bias:
+            layer.bias.normal_()
+        if layer.frequent:
+            layer.gate_bias.normal_()
+    g = torch.randn(9, C, dtype=torch.float64) * 2
+    assert layer.frequent == (resolve_frequent_tokens(frequent, V) if K > 1 else 0)
+    assert torch.allclose(layer(g), mixtape_reference(layer, g), rtol=0, atol=1e-9)
+
+
+def test_mixtape_frequent_tokens_as_count_or_fraction():
+    assert resolve_frequent_tokens(0.1, 1000) == 100
+    assert resolve_frequent_tokens(250, 1000) == 250
+    assert resolve_frequent_tokens(0, 1000) == 0
+    assert resolve_frequent_tokens(1000, 1000) == 1000
+
+
+@pytest.mark.parametrize("K", [1, 2, 4, 8, 16])
+def test_sigmoid_tree_priors_are_a_distribution(K):
+    layer = build("mixtape", output_components=K)
+    gate_logits = torch.randn(6, 11, max(K - 1, 1), dtype=torch.float64) * 10
+    if K == 1:
+        priors = layer.gate_priors(torch.randn(6, 11, C))
+    else:
+        priors = layer.tree_priors(gate_logits)
+        reference = tree_priors_reference(gate_logits, list(range(K)))
+        assert torch.allclose(priors, torch.stack([reference[k] for k in range(K)], -1), atol=1e-12)
+    assert priors.shape[-1] == K and (priors >= 0).all()
+    assert torch.allclose(priors.sum(-1).double(), torch.ones(priors.shape[:-1], dtype=torch.float64))
+
+
+def test_sigmoid_tree_k4_matches_the_paper():
+    layer = build("mixtape", output_components=4)
+    l = torch.randn(5, 3)
+    s1, s2, s3 = torch.sigmoid(l).unbind(-1)
+    expected = torch.stack([s1 * s2, s1 * (1 - s2), (1 - s1) * s3, (1 - s1) * (1 - s3)], -1)
+    assert torch.allclose(layer.tree_priors(l), expected)
+
+
+def test_mixtape_k1_is_softmax_over_tanh_context():
+    layer = build("mixtape", output_components=1).double()
+    g = torch.randn(4, 5, C, dtype=torch.float64)
+    expected = F.log_softmax(torch.tanh(layer.context(g)) @ layer.weight.t(), -1)
+    assert torch.allclose(log_probs(layer, g), expected, atol=1e-12)
+    assert not hasattr(layer, "shared_gate")  # no gates to learn with one component
+
+
+# ---------------------------------------------------------------------------------- MoS
+def mos_probability_space(layer: MixtureOfSoftmaxes, g):
+    """sum_k pi_k softmax(h_k W^T + b): the explicit mixture, in probability space."""
+    pi = torch.softmax(g @ layer.prior.weight.t(), -1)                       # (N, K)
+    h = torch.tanh(layer.context(g)).view(*g.shape[:-1], layer.components, -1)
+    logits = h @ layer.weight.t() + (0 if layer.bias is None else layer.bias)
+    return (pi.unsqueeze(-1) * torch.softmax(logits, -1)).sum(-2)
+
+
+def test_mos_equals_probability_space_mixture():
+    layer = build("mos", output_components=5, output_bias=True).double().eval()
+    g = torch.randn(3, 4, C, dtype=torch.float64)
+    assert torch.allclose(layer(g).exp(), mos_probability_space(layer, g), atol=1e-12)
+
+
+def manual_logsumexp(a, dim):
+    m = a.max(dim, keepdim=True).values
+    return (m + (a - m).exp().sum(dim, keepdim=True).log()).squeeze(dim)
+
+
+def test_mos_is_exact_where_probability_space_underflows():
+    layer = build("mos", output_components=3).double().eval()
+    with torch.no_grad():
+        layer.weight.mul_(400.0)  # logit gaps of thousands: many probabilities are 0 in float64
+    g = torch.randn(2, 6, C, dtype=torch.float64)
+    assert (mos_probability_space(layer, g) == 0).any(), "test needs underflow to be meaningful"
+    h = torch.tanh(layer.context(g)).view(2, 6, 3, C)
+    logits = h @ layer.weight.t()                                             # (2, 6, 3, V)
+    log_softmax = logits - manual_logsumexp(logits, -1).unsqueeze(-1)
+    log_pi = g @ layer.prior.weight.t()
+    log_pi = log_pi - manual_logsumexp(log_pi, -1).unsqueeze(-1)
+    expected = manual_logsumexp(log_softmax + log_pi.unsqueeze(-1), dim=-2)
+    got = layer(g)
+    assert torch.isfinite(got).all() and got.min() < -746  # exp() of it is 0 in float64
+    assert torch.allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_mos_context_dropout_one_mask_per_sequence_shared_over_time():
+    layer = build("mos", output_components=4, mos_context_dropout=0.5).train()
+    g = torch.randn(6, 1, C).expand(6, 9, C)  # the same features at every time step
+    h = layer.contexts(g)                     # (B, T, K, E)
+    assert torch.equal(h, h[:, :1].expand_as(h)), "mask must be shared over time steps"
+    zeros = (h == 0)
+    assert zeros.any() and not zeros.all()
+    assert not torch.equal(zeros[0], zeros[1:]) or not torch.equal(zeros[1], zeros[2])
+    layer.eval()
+    assert (layer.contexts(g) != 0).all()
+
+
+# ---------------------------------------------------------------------------------- Sigsoftmax
+def test_sigsoftmax_matches_definition():
+    layer = build("sigsoftmax").double()
+    g = torch.randn(4, C, dtype=torch.float64)
+    z = g @ layer.weight.t()
+    unnormalised = z.exp() * torch.sigmoid(z)
+    expected = unnormalised / unnormalised.sum(-1, keepdim=True)
+    assert torch.allclose(log_probs(layer, g).exp(), expected, atol=1e-12)
+
+
+def exact_log_sigsoftmax(row):
+    mpmath.mp.dps = 50
+    terms = [mpmath.exp(z) / (1 + mpmath.exp(-z)) for z in row]
+    total = mpmath.fsum(terms)
+    return [float(mpmath.log(t / total)) for t in terms]
+
+
+@pytest.mark.parametrize("row", [[-300.0, -200.0, -150.0], [1e4, -1e4, 0.0], [-1e4, -1e4 + 1, -1e4 + 3]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sigsoftmax_is_finite_and_exact_on_extreme_rows(row, dtype):
+    z = torch.tensor([row], dtype=dtype)
+    got = F.log_softmax(sigsoftmax_logits(z), -1)
+    assert torch.isfinite(got).all()
+    expected = torch.tensor([exact_log_sigsoftmax(row)], dtype=torch.float64)
+    finite = expected > -1e30  # mpmath's exact values: compare where float64 can hold them
+    assert torch.allclose(got.double()[finite], expected[finite], rtol=1e-6, atol=1e-3 if dtype == torch.float32 else 1e-9)
+    assert torch.allclose(got.double().exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_mos_sigsoftmax_components_are_sigsoftmaxes(K):
+    layer = build("mos_sigsoftmax", output_components=K).double().eval()
+    g = torch.randn(5, C, dtype=torch.float64)
+    pi = torch.softmax(g @ layer.prior.weight.t(), -1)
+    z = torch.tanh(layer.context(g)).view(5, K, C) @ layer.weight.t()
+    sig = z.exp() * torch.sigmoid(z)
+    expected = (pi.unsqueeze(-1) * sig / sig.sum(-1, keepdim=True)).sum(-2)
+    assert torch.allclose(layer(g).exp(), expected, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------- all layers
+@pytest.mark.parametrize("name", LAYERS)
+def test_gradcheck_float64(name):
+    layer = build(name, input_dim=4, num_tokens=9, output_components=2, mixtape_gate_dim=3,
+                  mixtape_frequent_tokens=3, output_bias=True).double().eval()
+    g = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    names = [name for name, _ in layer.named_parameters()]
+    weights = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+
+    def log_p(g, *weights):
+        return F.log_softmax(torch.func.functional_call(layer, dict(zip(names, weights)), (g,)), -1)
+
+    assert torch.autograd.gradcheck(log_p, (g, *weights))
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_tied_weights_share_storage_and_gradients(name):
+    embed = nn.Embedding(V, C)
+    layer = build(name, embed_weight=embed.weight).eval()
+    assert layer.weight is embed.weight
+    assert layer.weight.data_ptr() == embed.weight.data_ptr()
+    tokens = torch.randint(0, V, (3, 4))
+    targets = torch.randint(0, V, (3, 4))
+    loss_in = embed(tokens).pow(2).sum()
+    loss_out = F.nll_loss(log_probs(layer, torch.randn(3, 4, C)).view(-1, V), targets.view(-1))
+    grad_in, = torch.autograd.grad(loss_in, embed.weight, retain_graph=True)
+    grad_out, = torch.autograd.grad(loss_out, layer.weight, retain_graph=True)
+    (loss_in + loss_out).backward()
+    assert grad_out.abs().sum() > 0
+    assert torch.allclose(embed.weight.grad, grad_in + grad_out.float())
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_normalise_in_float32(name, dtype):
+    layer = build(name, output_components=2).eval()
+    g = torch.randn(2, 5, C) * 4
+    reference = log_probs(layer, g)
+    layer = layer.to(dtype)
+    scores = layer(g.to(dtype))
+    if name != "softmax":  # softmax hands fairseq logits as-is; its log_softmax runs in float32
+        assert scores.dtype == torch.float32
+    got = F.log_softmax(scores.float(), -1)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.exp().sum(-1), torch.ones(2, 5), atol=1e-5)
+    assert torch.allclose(got.double(), reference, atol=0.15)  # half-precision weights and inputs
+
+
+# ---------------------------------------------------------------------------------- bad config
+@pytest.mark.parametrize("options,flag,allowed", [
+    (dict(output_layer="softmaxx"), "--output-layer", "softmax, mos, mixtape"),
+    (dict(output_layer="mixtape", output_components=3), "--output-components", "power of two"),
+    (dict(output_layer="mixtape", output_components=0), "--output-components", "power of two"),
+    (dict(output_layer="mos", output_components=0), "--output-components", "integer >= 1"),
+    (dict(output_layer="mos_sigsoftmax", output_components=-2), "--output-components", "integer >= 1"),
+    (dict(output_layer="softmax", output_components=4), "--output-components", "1 or unset"),
+    (dict(output_layer="mixtape", mixtape_frequent_tokens=V + 1), "--mixtape-frequent-tokens", f"vocabulary size {V}"),
+    (dict(output_layer="mixtape", mixtape_frequent_tokens=2.5), "--mixtape-frequent-tokens", "whole count"),
+    (dict(output_layer="mixtape", mixtape_frequent_tokens=-0.1), "--mixtape-frequent-tokens", "fraction"),
+    (dict(output_layer="mixtape", mixtape_gate_dim=0), "--mixtape-gate-dim", "integer >= 1"),
+    (dict(output_layer="mos", mos_context_dropout=1.0), "--mos-context-dropout", "[0, 1)"),
+])
+def test_bad_configuration_names_the_option(options, flag, allowed):
+    with pytest.raises(ValueError) as error:
+        build_output_layer(OutputLayerConfig(**options), C, V)
+    assert flag in str(error.value) and allowed in str(error.value)
+
+
+def test_tied_embedding_of_the_wrong_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="tied output embedding shape"):
+        build("mixtape", embed_weight=nn.Parameter(torch.randn(V + 1, C)))
+
+
+def test_softmax_needs_matching_embedding_dim_but_mixtures_project():
+    with pytest.raises(ValueError, match="output embedding dim"):
+        build("softmax", embed_weight=nn.Parameter(torch.randn(V, C + 4)))
+    for name in ["mos", "mixtape"]:
+        layer = build(name, embed_weight=nn.Parameter(torch.randn(V, C + 4))).eval()
+        assert layer(torch.randn(2, C)).shape == (2, V)
