@@ -1,0 +1,30 @@
+"""Transformer language models with any output layer: --arch P_mixtape, P_mos."""
+
+from dataclasses import dataclass
+
+from fairseq.models import register_model
+from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
+
+from ..output_layers import OutputLayerConfig
+from .wiring import attach_output_layer, register_presets
+
+PRESETS = ["transformer_lm", "transformer_lm_wiki103", "transformer_lm_gbw"]
+
+
+@dataclass
+class TransformerLanguageModelWithOutputLayerConfig(TransformerLanguageModelConfig,
+                                                    OutputLayerConfig):
+    pass
+
+
+@register_model("transformer_lm_with_output_layer",
+                dataclass=TransformerLanguageModelWithOutputLayerConfig)
+class TransformerLanguageModelWithOutputLayer(TransformerLanguageModel):
+    @classmethod
+    def build_model(cls, args, task):
+        model = super().build_model(args, task)
+        attach_output_layer(model.decoder, args, input_dim=model.decoder.output_embed_dim)
+        return model
+
+
+register_presets("transformer_lm_with_output_layer", PRESETS)

@@ -1,0 +1,87 @@
+"""What every model family shares: the flags, the P_mixtape / P_mos presets, and putting the
+output layer in the place of a stock decoder's output projection.
+
+A family's model class builds fairseq's stock model, then calls ``attach_output_layer``; it
+adds nothing else but the flags (and, for LSTMs, fairseq's ``features_only`` convention).
+"""
+
+import dataclasses
+from typing import Iterable
+
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY, register_model_architecture
+from fairseq.models.lstm import LSTMDecoder
+from fairseq.utils import safe_getattr, safe_hasattr
+
+from ..output_layers import OutputLayer, OutputLayerConfig, build_output_layer
+from ..output_layers.base import check_option
+
+PRESET_LAYERS = ("mixtape", "mos")  # --arch P_mixtape, --arch P_mos
+
+
+def add_output_layer_args(parser):
+    """The OutputLayerConfig flags, without defaults, so that arch presets can set them."""
+    gen_parser_from_dataclass(parser, OutputLayerConfig(), delete_default=True)
+
+
+def set_output_layer_defaults(args, layer: str):
+    args.output_layer = safe_getattr(args, "output_layer", layer)
+    for field in dataclasses.fields(OutputLayerConfig):
+        if not safe_hasattr(args, field.name) or getattr(args, field.name) is None:
+            setattr(args, field.name, field.default)
+
+
+def register_presets(model_name: str, presets: Iterable[str]):
+    """Register ``P_mixtape`` and ``P_mos`` for every stock preset P: the same network with
+    that output layer by default (``--output-layer`` still picks any layer)."""
+    for preset in presets:
+        for layer in PRESET_LAYERS:
+            arch = f"{preset}_{layer}"
+            if arch not in ARCH_MODEL_REGISTRY:  # idempotent if the plugin is imported twice
+                register_model_architecture(model_name, arch)(_preset(preset, layer))
+
+
+def _preset(preset: str, layer: str):
+    stock_preset = ARCH_CONFIG_REGISTRY[preset]
+
+    def architecture(args):
+        set_output_layer_defaults(args, layer)
+        stock_preset(args)
+
+    architecture.__name__ = f"{preset}_{layer}"
+    return architecture
+
+
+def attach_output_layer(decoder, args, input_dim: int):
+    """Replace a stock decoder's output projection by the OutputLayer that ``args`` names."""
+    name = safe_getattr(args, "output_layer", "softmax")
+    if getattr(decoder, "adaptive_softmax", None) is not None:
+        check_option(name == "softmax", "--output-layer", name,
+                     "softmax only, with --adaptive-softmax-cutoff (adaptive softmax is an output "
+                     "layer of its own)")
+        return
+    embed_weight = None
+    if decoder.share_input_output_embed:
+        embed_weight = getattr(decoder.embed_tokens, "weight", None)
+        check_option(embed_weight is not None, "--share-decoder-input-output-embed", True,
+                     "only with an ordinary input embedding (not --adaptive-input or "
+                     "--character-embeddings, which have no single weight matrix to tie)")
+    layer = build_output_layer(args, input_dim, len(decoder.dictionary), embed_weight)
+    if isinstance(decoder, LSTMDecoder):
+        # LSTMDecoder.output_layer() projects through fc_out unless it ties the embedding;
+        # the OutputLayer holds the tied weight itself, so it always takes fc_out's place.
+        decoder.share_input_output_embed = False
+        decoder.fc_out = layer
+    else:
+        decoder.output_projection = layer
+
+
+def output_layer_of(model) -> OutputLayer:
+    """The OutputLayer of a model built by this plugin (for the criterions and tools)."""
+    decoder = model.decoder
+    layer = decoder.fc_out if isinstance(decoder, LSTMDecoder) else decoder.output_projection
+    if not isinstance(layer, OutputLayer):
+        raise ValueError(
+            f"{type(model).__name__} has no fairseq-mixtape output layer: use one of the "
+            "--arch *_mixtape / *_mos architectures (with --user-dir fairseq_mixtape)")
+    return layer
