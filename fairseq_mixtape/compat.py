@@ -24,7 +24,8 @@ def _safe_globals():
     from omegaconf.nodes import AnyNode
 
     classes = [argparse.Namespace, DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode,
-               typing.Any, collections.defaultdict]
+               typing.Any, collections.defaultdict,
+               dict, list, int]  # types that omegaconf metadata names as key/object types
     try:
         from fairseq.distributed.utils import _TensorPlaceholder
         classes.append(_TensorPlaceholder)
