@@ -6,6 +6,7 @@ from fairseq.models import register_model
 from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
 
 from ..output_layers import OutputLayerConfig
+from ..output_layers.base import check_option
 from .wiring import attach_output_layer, register_presets
 
 PRESETS = ["transformer_lm", "transformer_lm_wiki103", "transformer_lm_gbw"]
@@ -22,6 +23,11 @@ class TransformerLanguageModelWithOutputLayerConfig(TransformerLanguageModelConf
 class TransformerLanguageModelWithOutputLayer(TransformerLanguageModel):
     @classmethod
     def build_model(cls, args, task):
+        tied = args.share_decoder_input_output_embed and not args.tie_adaptive_weights
+        check_option(not (tied and (args.adaptive_input or args.character_embeddings)),
+                     "--share-decoder-input-output-embed", True,
+                     "only with an ordinary input embedding: --adaptive-input and "
+                     "--character-embeddings have no single weight matrix to tie")
         model = super().build_model(args, task)
         attach_output_layer(model.decoder, args, input_dim=model.decoder.output_embed_dim)
         return model

@@ -60,12 +60,7 @@ def attach_output_layer(decoder, args, input_dim: int):
                      "softmax only, with --adaptive-softmax-cutoff (adaptive softmax is an output "
                      "layer of its own)")
         return
-    embed_weight = None
-    if decoder.share_input_output_embed:
-        embed_weight = getattr(decoder.embed_tokens, "weight", None)
-        check_option(embed_weight is not None, "--share-decoder-input-output-embed", True,
-                     "only with an ordinary input embedding (not --adaptive-input or "
-                     "--character-embeddings, which have no single weight matrix to tie)")
+    embed_weight = decoder.embed_tokens.weight if decoder.share_input_output_embed else None
     layer = build_output_layer(args, input_dim, len(decoder.dictionary), embed_weight)
     if isinstance(decoder, LSTMDecoder):
         # LSTMDecoder.output_layer() projects through fc_out unless it ties the embedding;

@@ -1,0 +1,108 @@
+"""The model families: presets, flags, tied embeddings, and the stock options that combine
+(or fail clearly) with the output layers."""
+
+import pytest
+import torch
+from fairseq import options
+from fairseq.models import ARCH_MODEL_REGISTRY
+
+from fairseq_mixtape.models import lstm, output_layer_of, transformer, transformer_lm
+from fairseq_mixtape.models.wiring import PRESET_LAYERS
+from tiny_models import FAMILIES, LAYERS, build, parse
+
+ALL_PRESETS = transformer.PRESETS + lstm.PRESETS + transformer_lm.PRESETS + ["lstm_lm"]
+
+
+def test_every_preset_has_mixtape_and_mos_architectures():
+    assert len(ALL_PRESETS) == 12
+    for preset in ALL_PRESETS:
+        for layer in PRESET_LAYERS:
+            assert f"{preset}_{layer}" in ARCH_MODEL_REGISTRY
+
+
+def parse_stock_cli(*argv):
+    return options.parse_args_and_arch(options.get_training_parser(), ["data-dir", *argv])
+
+
+@pytest.mark.parametrize("arch,layer", [("transformer_wmt_en_de_mixtape", "mixtape"),
+                                        ("transformer_vaswani_wmt_en_de_big_mos", "mos"),
+                                        ("lstm_luong_wmt_en_de_mos", "mos")])
+def test_preset_is_the_stock_network_with_the_output_layer(arch, layer):
+    args = parse_stock_cli("--arch", arch)
+    stock = parse_stock_cli("--arch", arch.rsplit("_", 1)[0])
+    assert args.output_layer == layer and args.output_components is None  # layer's default K
+    assert (args.mixtape_gate_dim, args.mixtape_frequent_tokens) == (64, 0.1)
+    for name in ["decoder_embed_dim", "decoder_layers", "dropout", "encoder_embed_dim"]:
+        assert getattr(args, name) == getattr(stock, name)
+    assert parse_stock_cli("--arch", arch, "--output-layer", "softmax").output_layer == "softmax"
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_tied_embeddings_are_one_parameter(family, layer):
+    _, model = build(family, layer)
+    assert output_layer_of(model).weight is model.decoder.embed_tokens.weight
+    names = [name for name, p in model.named_parameters()]
+    assert len(names) == len(set(id(p) for p in model.parameters()))  # counted once
+
+
+@pytest.mark.parametrize("layer", ["mos", "mixtape"])
+def test_own_output_embedding_when_not_shared(layer):
+    _, model = build("transformer_lm", layer, tied=False)
+    assert output_layer_of(model).weight is not model.decoder.embed_tokens.weight
+
+
+def test_decoder_output_dim_differs_from_tied_embedding():
+    """Mixtures project features to the embedding size; a single softmax cannot."""
+    task, model = build("transformer_lm", "mixtape", "--decoder-output-dim", "8")
+    layer = output_layer_of(model)
+    assert layer.input_dim == 8 and layer.embed_dim == 16
+    out, _ = model(torch.randint(4, 30, (2, 5)))
+    assert out.shape == (2, 5, len(task.dictionary))
+    with pytest.raises(ValueError, match="output embedding dim"):
+        build("transformer_lm", "softmax", "--decoder-output-dim", "8")
+
+
+def test_adaptive_softmax_combines_only_with_softmax():
+    with pytest.raises(ValueError, match="--output-layer.*adaptive"):
+        build("transformer_lm", "mixtape", "--adaptive-softmax-cutoff", "10,20", tied=False)
+    _, model = build("transformer_lm", "softmax", "--adaptive-softmax-cutoff", "10,20",
+                     tied=False)
+    assert model.decoder.adaptive_softmax is not None
+
+
+def test_adaptive_input_with_tied_output_fails_clearly_and_works_untied():
+    adaptive = ["--adaptive-input", "--adaptive-input-cutoff", "10,20", "--adaptive-input-factor",
+                "2"]
+    with pytest.raises(ValueError, match="--share-decoder-input-output-embed"):
+        build("transformer_lm", "mixtape", *adaptive)
+    _, model = build("transformer_lm", "mixtape", *adaptive, tied=False)
+    assert type(model.decoder.embed_tokens).__name__ == "AdaptiveInput"
+    out, _ = model(torch.randint(4, 30, (2, 5)))
+    assert torch.isfinite(out).all()
+
+
+def test_base_layers_are_kept(tmp_path):
+    # BASE layers ask torch.distributed for the world size when built (stock fairseq too)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0,
+                                         world_size=1)
+    try:
+        _, model = build("transformer", "mixtape", "--base-layers", "1")
+    finally:
+        torch.distributed.destroy_process_group()
+    assert any(type(m).__name__ == "BaseLayer" for m in model.decoder.layers)
+    assert type(output_layer_of(model)).__name__ == "Mixtape"
+
+
+def test_bad_flag_value_names_the_flag():
+    with pytest.raises(ValueError, match=r"--output-components \(K\): got 3"):
+        build("transformer", "mixtape", "--output-components", "3")
+    with pytest.raises(ValueError, match="--mixtape-frequent-tokens"):
+        build("lstm_lm", "mixtape", "--mixtape-frequent-tokens", "100000")
+
+
+def test_a_model_without_a_plugin_output_layer_is_named():
+    task, model = build("transformer", "softmax")
+    model.decoder.output_projection = torch.nn.Linear(16, len(task.target_dictionary))
+    with pytest.raises(ValueError, match="no fairseq-mixtape output layer.*--arch"):
+        output_layer_of(model)
