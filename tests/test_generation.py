@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 
-from tiny_models import LAYERS, build
+from helpers import LAYERS, build
 
 
 def full_forward_log_probs(model, tokens, src_tokens=None):

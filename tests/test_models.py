@@ -8,7 +8,7 @@ from fairseq.models import ARCH_MODEL_REGISTRY
 
 from fairseq_mixtape.models import lstm, output_layer_of, transformer, transformer_lm
 from fairseq_mixtape.models.wiring import PRESET_LAYERS
-from tiny_models import FAMILIES, LAYERS, build, parse
+from helpers import FAMILIES, LAYERS, build, parse
 
 ALL_PRESETS = transformer.PRESETS + lstm.PRESETS + transformer_lm.PRESETS + ["lstm_lm"]
 

@@ -74,7 +74,8 @@ def attach_output_layer(decoder, args, input_dim: int):
 def output_layer_of(model) -> OutputLayer:
     """The OutputLayer of a model built by this plugin (for the criterions and tools)."""
     decoder = model.decoder
-    layer = decoder.fc_out if isinstance(decoder, LSTMDecoder) else decoder.output_projection
+    projection = "fc_out" if isinstance(decoder, LSTMDecoder) else "output_projection"
+    layer = getattr(decoder, projection, None)  # a stock decoder may have none (tied, adaptive)
     if not isinstance(layer, OutputLayer):
         raise ValueError(
             f"{type(model).__name__} has no fairseq-mixtape output layer: use one of the "

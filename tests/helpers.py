@@ -1,0 +1,199 @@
+"""Helpers for tests that need real fairseq tasks and models: tiny binarized corpora, models
+and criterions built from command-line style arguments, batches, and a peak-memory tracker.
+
+    data = make_mt_data(tmp_path)                      # or make_lm_data(tmp_path)
+    built = build_from_args([str(data), "--task", "translation", "--arch", "transformer_mos",
+                             *TINY_TRANSFORMER])
+    sample = batch(built.task, size=4)
+    loss, sample_size, logging_output = built.criterion(built.model, sample)
+"""
+
+import copy
+import random
+from argparse import Namespace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import List, Sequence
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from fairseq import options, tasks
+from fairseq.data import Dictionary
+from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
+from fairseq.tasks.language_modeling import LanguageModelingTask
+from fairseq.tasks.translation import TranslationTask
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from omegaconf import open_dict
+
+# Flags for models small enough to build and run in milliseconds (dropout off: deterministic).
+TINY_TRANSFORMER = [
+    "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
+    "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--dropout", "0"]
+TINY_TRANSFORMER_LM = [
+    "--decoder-layers", "1", "--decoder-embed-dim", "16", "--decoder-output-dim", "16",
+    "--decoder-input-dim", "16", "--decoder-ffn-embed-dim", "32", "--decoder-attention-heads", "2",
+    "--dropout", "0"]
+TINY_LSTM = [
+    "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
+    "--encoder-hidden-size", "16", "--decoder-embed-dim", "16", "--decoder-hidden-size", "16",
+    "--decoder-out-embed-dim", "16", "--dropout", "0"]
+TINY_LSTM_LM = [
+    "--decoder-layers", "1", "--decoder-embed-dim", "16", "--decoder-hidden-size", "16",
+    "--decoder-out-embed-dim", "16", "--dropout", "0"]
+
+
+def random_corpus(path: Path, sentences: int, words: int, lengths=(2, 12), seed: int = 0):
+    """Write ``sentences`` lines of Zipf-distributed words w0..w{words-1}, lengths uniform in
+    ``lengths``, so that a dictionary built from it is frequency-sorted like a real one."""
+    rng = random.Random(seed)
+    vocabulary = [f"w{i}" for i in range(words)]
+    weights = [1.0 / (i + 1) for i in range(words)]
+    with open(path, "w") as f:
+        for _ in range(sentences):
+            length = rng.randint(*lengths)
+            f.write(" ".join(rng.choices(vocabulary, weights, k=length)) + "\n")
+
+
+def preprocess(argv: Sequence[str]):
+    """fairseq-preprocess, in this process (one worker)."""
+    from fairseq_cli import preprocess as fairseq_preprocess
+
+    parser = options.get_preprocessing_parser()
+    fairseq_preprocess.main(parser.parse_args(["--workers", "1", *argv]))
+
+
+def make_mt_data(directory, words: int = 40, sentences: int = 64, src: str = "de",
+                 tgt: str = "en", joined: bool = True) -> Path:
+    """A tiny binarized translation corpus (train, valid) in ``directory/mt-bin``.
+
+    With ``joined`` both languages share one dictionary (for --share-all-embeddings)."""
+    raw, destdir = Path(directory) / "mt-raw", Path(directory) / "mt-bin"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in [("train", sentences, 1), ("valid", max(sentences // 4, 4), 2)]:
+        random_corpus(raw / f"{split}.{src}", n, words, seed=seed)
+        random_corpus(raw / f"{split}.{tgt}", n, words, seed=seed + 100)
+    preprocess(["--source-lang", src, "--target-lang", tgt, "--trainpref", str(raw / "train"),
+                "--validpref", str(raw / "valid"), "--destdir", str(destdir),
+                *(["--joined-dictionary"] if joined else [])])
+    return destdir
+
+
+def make_lm_data(directory, words: int = 40, sentences: int = 64) -> Path:
+    """A tiny binarized language-modelling corpus (train, valid) in ``directory/lm-bin``."""
+    raw, destdir = Path(directory) / "lm-raw", Path(directory) / "lm-bin"
+    raw.mkdir(parents=True, exist_ok=True)
+    random_corpus(raw / "train.txt", sentences, words, seed=1)
+    random_corpus(raw / "valid.txt", max(sentences // 4, 4), words, seed=2)
+    preprocess(["--only-source", "--trainpref", str(raw / "train.txt"),
+                "--validpref", str(raw / "valid.txt"), "--destdir", str(destdir)])
+    return destdir
+
+
+def build_from_args(argv: List[str]) -> SimpleNamespace:
+    """Parse fairseq-train style arguments and build what fairseq-train builds from them.
+
+    Returns a namespace with ``cfg`` (the OmegaConf config), ``task``, ``model`` and
+    ``criterion`` (``--criterion``, default cross_entropy)."""
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, list(argv))
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    return SimpleNamespace(cfg=cfg, task=task, model=model,
+                           criterion=task.build_criterion(cfg.criterion))
+
+
+def build_model(built: SimpleNamespace, **overrides):
+    """Another model from the configuration ``built`` was parsed from, with some fields changed
+    (e.g. ``output_layer="mos"``): builds in milliseconds where parsing takes about a second."""
+    if isinstance(built.cfg.model, Namespace):  # models configured by argparse (lstm, transformer)
+        return built.task.build_model(Namespace(**{**vars(built.cfg.model), **overrides}))
+    model_cfg = copy.deepcopy(built.cfg.model)  # dataclass models (transformer_lm)
+    with open_dict(model_cfg):
+        for key, value in overrides.items():
+            model_cfg[key] = value
+    return built.task.build_model(model_cfg)
+
+
+def batch(task, split: str = "train", size: int = 4, start: int = 0):
+    """A collated batch of examples start..start+size-1 of ``split`` (loaded on first use)."""
+    if split not in task.datasets:
+        task.load_dataset(split)
+    dataset = task.dataset(split)
+    return dataset.collater([dataset[i] for i in range(start, start + size)])
+
+
+class PeakMemory(TorchDispatchMode):
+    """Track the bytes of tensor storages created inside the ``with`` block (forward and
+    backward ops alike) that are alive at once, and their peak, on any device:
+
+        with PeakMemory() as memory:
+            loss.backward()
+        memory.peak   # bytes
+
+    Storages that existed before the block (parameters, inputs) are not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = {}  # storage id -> (weak reference, bytes)
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.live = {key: entry for key, entry in self.live.items() if not entry[0].expired()}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                reference = StorageWeakRef(storage)
+                self.live.setdefault(reference.cdata, (reference, storage.nbytes()))
+        self.peak = max(self.peak, sum(nbytes for _, nbytes in self.live.values()))
+        return out
+
+
+# In-memory tiny models of every family (no data files), built through fairseq's CLI parsing.
+LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax", "mos_sigsoftmax"]
+FAMILIES = {  # family: (task, arch, tiny sizes)
+    "transformer": ("translation", "transformer_mixtape", TINY_TRANSFORMER),
+    "lstm": ("translation", "lstm_mixtape", TINY_LSTM),
+    "transformer_lm": ("language_modeling", "transformer_lm_mixtape",
+                       TINY_TRANSFORMER_LM + ["--tokens-per-sample", "16"]),
+    "lstm_lm": ("language_modeling", "lstm_lm_mixtape", TINY_LSTM_LM + ["--tokens-per-sample", "16"]),
+}
+TIED = {"transformer": "--share-all-embeddings"}  # the others: --share-decoder-input-output-embed
+LAYER_SIZES = ["--output-components", "2", "--mixtape-gate-dim", "4",
+               "--mixtape-frequent-tokens", "6"]
+
+
+def tiny_dictionary(num_words: int = 30) -> Dictionary:
+    dictionary = Dictionary()
+    for i in range(num_words):
+        dictionary.add_symbol(f"w{i}", n=num_words - i)  # frequency-sorted, as fairseq writes
+    return dictionary
+
+
+def parse(family: str, layer: str, *extra: str, data: str = "unused-data-dir", tied=True):
+    """fairseq-train's argparse namespace for a tiny model of ``family`` with ``layer``, with
+    input and output embeddings tied (all embeddings, for translation) unless ``tied=False``."""
+    task, arch, sizes = FAMILIES[family]
+    layer_sizes = LAYER_SIZES if layer not in ("softmax", "sigsoftmax") else LAYER_SIZES[2:]
+    tie = [TIED.get(family, "--share-decoder-input-output-embed")] if tied else []
+    argv = [data, "--task", task, "--arch", arch, "--output-layer", layer, "--cpu",
+            *sizes, *layer_sizes, *tie, *extra]
+    return options.parse_args_and_arch(options.get_training_parser(), argv)
+
+
+def build(family: str, layer: str, *extra: str, tied=True):
+    """(task, model) for a tiny ``family`` model with ``layer``, on an in-memory dictionary."""
+    args = parse(family, layer, *extra, tied=tied)
+    dictionary = tiny_dictionary()
+    if FAMILIES[family][0] == "translation":
+        task = TranslationTask(args, dictionary, dictionary)
+    else:
+        task = LanguageModelingTask(args, dictionary, output_dictionary=dictionary)
+    if ARCH_MODEL_NAME_REGISTRY[args.arch] in MODEL_DATACLASS_REGISTRY:  # transformer_lm
+        args = convert_namespace_to_omegaconf(args).model  # (slow: hydra; legacy models skip it)
+    return task, task.build_model(args)

@@ -1,0 +1,147 @@
+"""End to end through fairseq's own command-line entry points, every family x every layer:
+train a few updates, save, reload, generate or eval-lm, resume from checkpoint_last.pt.
+
+The tools run in this process (``fairseq_cli.*.main``), which is what the console scripts call;
+a few tests also run the real console scripts in a subprocess.
+"""
+
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq_cli import eval_lm, generate, train
+
+from helpers import FAMILIES, LAYERS, make_lm_data, make_mt_data, parse
+
+USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_mixtape")
+BIN = Path(sys.executable).parent
+TRAIN_FLAGS = ["--user-dir", USER_DIR, "--optimizer", "adam", "--lr", "0.001", "--max-tokens",
+               "400", "--seed", "1", "--no-progress-bar", "--no-epoch-checkpoints",
+               "--log-format", "simple", "--log-interval", "1", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {"translation": make_mt_data(root), "language_modeling": make_lm_data(root)}
+
+
+def run(parser, main, argv):
+    return main(convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, argv)))
+
+
+def fairseq_train(data_dir, family, layer, save_dir, max_update, *extra):
+    args = parse(family, layer, *TRAIN_FLAGS, "--save-dir", str(save_dir), "--max-update",
+                 str(max_update), *extra, data=str(data_dir))
+    train.main(convert_namespace_to_omegaconf(args))
+    return torch.load(save_dir / "checkpoint_last.pt")
+
+
+def fairseq_generate(data_dir, checkpoint, results, *extra):
+    run(options.get_generation_parser(), generate.main,
+        [str(data_dir), "--user-dir", USER_DIR, "--path", str(checkpoint), "--gen-subset",
+         "valid", "--batch-size", "8", "--cpu", "--num-workers", "0", "--results-path",
+         str(results), *extra])
+    lines = (results / "generate-valid.txt").read_text().splitlines()
+    return [line.split("\t") for line in lines if line.startswith("H-")]
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_train_save_reload_evaluate_resume(family, layer, data, tmp_path, caplog):
+    task = FAMILIES[family][0]
+    save_dir = tmp_path / "checkpoints"
+    checkpoint = fairseq_train(data[task], family, layer, save_dir, 2)
+    assert checkpoint["optimizer_history"][-1]["num_updates"] == 2
+    assert any(key.endswith(".weight") for key in checkpoint["model"])
+
+    if task == "translation":
+        hypotheses = fairseq_generate(data[task], save_dir / "checkpoint_last.pt", tmp_path,
+                                      "--beam", "2", "--max-len-b", "6")
+        assert len(hypotheses) == 16 and all(math.isfinite(float(h[1])) for h in hypotheses)
+    else:
+        results = run(options.get_eval_lm_parser(), eval_lm.main,
+                      [str(data[task]), "--user-dir", USER_DIR, "--path",
+                       str(save_dir / "checkpoint_last.pt"), "--gen-subset", "valid", "--cpu",
+                       "--tokens-per-sample", "16", "--max-tokens", "400", "--num-workers", "0"])
+        assert 1 < results["perplexity"] < 200  # a near-uniform model over ~48 symbols
+
+    with caplog.at_level(logging.INFO):
+        resumed = fairseq_train(data[task], family, layer, save_dir, 3)
+    assert "@ 2 updates" in caplog.text  # loaded checkpoint_last.pt, did not start afresh
+    assert resumed["optimizer_history"][-1]["num_updates"] == 3
+
+
+@pytest.mark.parametrize("layer", ["mos", "mixtape"])
+def test_generate_sampling_and_score_reference(layer, data, tmp_path):
+    save_dir = tmp_path / "checkpoints"
+    fairseq_train(data["translation"], "transformer", layer, save_dir, 2)
+    checkpoint = save_dir / "checkpoint_last.pt"
+    sampled = fairseq_generate(data["translation"], checkpoint, tmp_path / "sampled",
+                               "--sampling", "--sampling-topk", "5", "--beam", "1",
+                               "--temperature", "0.7", "--max-len-b", "6")
+    assert len(sampled) == 16
+    scored = fairseq_generate(data["translation"], checkpoint, tmp_path / "scored",
+                              "--score-reference")
+    references = (data["translation"].parent / "mt-raw" / "valid.en").read_text().splitlines()
+    assert sorted(h[2] for h in scored) == sorted(references)  # scores the references as given
+    assert all(float(h[1]) < 0 for h in scored)
+
+
+def console(tool, *argv, stdin=None):
+    """A real console script, in a subprocess, as a user runs it."""
+    done = subprocess.run([str(BIN / tool), *argv], input=stdin, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def test_stock_transformer_with_the_plugin_loaded(data, tmp_path):
+    """fairseq's own transformer still trains, saves and reloads with --user-dir (torch 2.13's
+    weights_only checkpoint loading, no TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)."""
+    tiny = FAMILIES["transformer"][2]
+    console("fairseq-train", str(data["translation"]), "--arch", "transformer", *tiny,
+            *TRAIN_FLAGS, "--max-update", "2", "--save-dir", str(tmp_path), "--cpu")
+    out = console("fairseq-generate", str(data["translation"]), "--user-dir", USER_DIR,
+                  "--path", str(tmp_path / "checkpoint_last.pt"), "--gen-subset", "valid",
+                  "--beam", "2", "--cpu")
+    assert "Generate valid with beam=2: BLEU" in out
+
+
+def test_interactive_and_validate_console_scripts(data, tmp_path):
+    fairseq_train(data["translation"], "transformer", "mixtape", tmp_path, 2)
+    checkpoint = str(tmp_path / "checkpoint_last.pt")
+    out = console("fairseq-interactive", str(data["translation"]), "--user-dir", USER_DIR,
+                  "--path", checkpoint, "--beam", "2", "--cpu", "--source-lang", "de",
+                  "--target-lang", "en", stdin="w1 w2 w3\nw4 w5\n")
+    assert out.count("\nH-") == 2
+    out = console("fairseq-validate", str(data["translation"]), "--user-dir", USER_DIR,
+                  "--path", checkpoint, "--cpu", "--valid-subset", "valid", "--task", "translation",
+                  "--batch-size", "8")
+    assert "valid on 'valid' subset | loss" in out
+
+
+def test_python_hub_interface_translates_and_scores(data, tmp_path):
+    from fairseq.models.transformer import TransformerModel
+    from fairseq.models.transformer_lm import TransformerLanguageModel
+
+    fairseq_train(data["translation"], "transformer", "mos", tmp_path / "mt", 2)
+    translator = TransformerModel.from_pretrained(
+        str(tmp_path / "mt"), "checkpoint_last.pt", data_name_or_path=str(data["translation"]))
+    translation = translator.translate("w1 w2 w3", beam=2, max_len_b=6)
+    assert isinstance(translation, str) and set(translation.split()) <= {
+        f"w{i}" for i in range(40)} | {"<unk>"}
+
+    fairseq_train(data["language_modeling"], "transformer_lm", "mixtape", tmp_path / "lm", 2)
+    lm = TransformerLanguageModel.from_pretrained(
+        str(tmp_path / "lm"), "checkpoint_last.pt",
+        data_name_or_path=str(data["language_modeling"]))
+    scores = lm.score("w1 w2 w3")["positional_scores"]
+    assert scores.shape == (3,) and (scores < 0).all()  # one log-probability per word
