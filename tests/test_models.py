@@ -106,3 +106,11 @@ def test_a_model_without_a_plugin_output_layer_is_named():
     model.decoder.output_projection = torch.nn.Linear(16, len(task.target_dictionary))
     with pytest.raises(ValueError, match="no fairseq-mixtape output layer.*--arch"):
         output_layer_of(model)
+
+
+def test_unsorted_dictionary_warns_about_gate_sharing(caplog):
+    task, _ = build("lstm_lm", "mixtape")
+    assert "not sorted by frequency" not in caplog.text  # fairseq-style sorted counts: silent
+    task.dictionary.count[task.dictionary.nspecial + 3] = 10 ** 6
+    task.build_model(parse("lstm_lm", "mixtape"))
+    assert "--mixtape-frequent-tokens: the target dictionary is not sorted" in caplog.text

@@ -6,6 +6,7 @@ adds nothing else but the flags (and, for LSTMs, fairseq's ``features_only`` con
 """
 
 import dataclasses
+import logging
 from typing import Iterable
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
@@ -15,6 +16,8 @@ from fairseq.utils import safe_getattr, safe_hasattr
 
 from ..output_layers import OutputLayer, OutputLayerConfig, build_output_layer
 from ..output_layers.base import check_option
+
+logger = logging.getLogger(__name__)
 
 PRESET_LAYERS = ("mixtape", "mos")  # --arch P_mixtape, --arch P_mos
 
@@ -62,6 +65,8 @@ def attach_output_layer(decoder, args, input_dim: int):
         return
     embed_weight = decoder.embed_tokens.weight if decoder.share_input_output_embed else None
     layer = build_output_layer(args, input_dim, len(decoder.dictionary), embed_weight)
+    if getattr(layer, "frequent", 0) > 0:
+        warn_if_not_frequency_sorted(decoder.dictionary, layer.frequent)
     if isinstance(decoder, LSTMDecoder):
         # LSTMDecoder.output_layer() projects through fc_out unless it ties the embedding;
         # the OutputLayer holds the tied weight itself, so it always takes fc_out's place.
@@ -69,6 +74,21 @@ def attach_output_layer(decoder, args, input_dim: int):
         decoder.fc_out = layer
     else:
         decoder.output_projection = layer
+
+
+def warn_if_not_frequency_sorted(dictionary, frequent: int):
+    """Gate sharing gives the first S ids their own gates: right only if ids are sorted by
+    frequency, as fairseq-preprocess writes dictionaries. fairseq dictionaries carry counts."""
+    counts = dictionary.count[dictionary.nspecial:]
+    unsorted = next((i for i in range(1, len(counts)) if counts[i] > counts[i - 1]), None)
+    if unsorted is not None:
+        logger.warning(
+            "--mixtape-frequent-tokens: the target dictionary is not sorted by frequency (id %d "
+            "occurs %d times, more than id %d); Mixtape gives its own gates to the first %d ids, "
+            "which are then not the most frequent tokens. Binarize with fairseq-preprocess, or "
+            "sort the dictionary, or set --mixtape-frequent-tokens 0 to share all gates.",
+            unsorted + dictionary.nspecial, counts[unsorted], unsorted + dictionary.nspecial - 1,
+            frequent)
 
 
 def output_layer_of(model) -> OutputLayer:
