@@ -6,10 +6,12 @@
   for everything else (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is never needed).
 - NumPy 2 removed ``np.compat.long``, ``np.int`` and ``np.float``, which fairseq's data code
   still uses; we restore them as the aliases they always were.
+- fairseq's torchrun set-up divides by the number of GPUs; on CPU it uses device 0 instead.
 """
 
 import argparse
 import collections
+import os
 import types
 import typing
 
@@ -49,6 +51,30 @@ def restore_numpy_aliases():
             setattr(np, name, alias)
 
 
+def allow_cpu_torchrun():
+    """fairseq's torchrun / torch.distributed.launch set-up computes the device as
+    ``rank % torch.cuda.device_count()``: a ZeroDivisionError on CPU-only machines, where
+    data-parallel training (gloo) is otherwise fine. Without GPUs, every process uses device 0."""
+    from fairseq.distributed import utils as distributed_utils
+
+    infer_on_gpu = distributed_utils._infer_torch_distributed_launch_init
+    if getattr(infer_on_gpu, "cpu_safe", False):
+        return
+
+    def infer(cfg):
+        if torch.cuda.device_count() > 0:
+            return infer_on_gpu(cfg)
+        cfg.distributed_init_method = "env://"
+        cfg.distributed_world_size = int(os.environ["WORLD_SIZE"])
+        cfg.distributed_rank = int(os.environ["RANK"])
+        cfg.device_id = 0
+        cfg.distributed_no_spawn = True  # the processes are torchrun's
+
+    infer.cpu_safe = True
+    distributed_utils._infer_torch_distributed_launch_init = infer
+
+
 def apply():
     allow_fairseq_checkpoints()
     restore_numpy_aliases()
+    allow_cpu_torchrun()

@@ -145,3 +145,19 @@ def test_python_hub_interface_translates_and_scores(data, tmp_path):
         data_name_or_path=str(data["language_modeling"]))
     scores = lm.score("w1 w2 w3")["positional_scores"]
     assert scores.shape == (3,) and (scores < 0).all()  # one log-probability per word
+
+
+@pytest.mark.parametrize("layer", ["mixtape", "mos"])
+def test_two_process_data_parallel_training_on_cpu(layer, data, tmp_path):
+    """fairseq's own data-parallel path, two processes over gloo (torchrun, legacy_ddp)."""
+    tiny = FAMILIES["transformer"][2]
+    port = str(29500 + os.getpid() % 400)
+    out = console("torchrun", "--nproc_per_node", "2", "--master_port", port, str(BIN / "fairseq-train"), str(data["translation"]), "--arch",
+                  f"transformer_{layer}", "--output-layer", layer, *tiny, "--share-all-embeddings",
+                  *TRAIN_FLAGS, "--max-update", "3", "--save-dir", str(tmp_path), "--cpu",
+                  "--distributed-world-size", "2", "--distributed-backend", "gloo",
+                  "--ddp-backend", "legacy_ddp", "--criterion", "output_layer_cross_entropy")
+    assert "distributed init (rank 1)" in out and "num_updates=3" in out
+    hypotheses = fairseq_generate(data["translation"], tmp_path / "checkpoint_last.pt",
+                                  tmp_path, "--beam", "2", "--max-len-b", "6")
+    assert len(hypotheses) == 16
