@@ -69,7 +69,7 @@ def mixtape_reference(layer: Mixtape, g):
     if K == 1:
         priors = torch.ones_like(component_logits)
     else:
-        gate_logits = layer.shared_gate(g).unsqueeze(1).repeat(1, V, 1)  # (N, V, K-1): u_j . g
+        gate_logits = layer.shared_gate(g).unsqueeze(1).repeat(1, layer.num_tokens, 1)  # (N, V, K-1)
         if S > 0:
             t = torch.tanh(layer.gate_hidden(g)).view(-1, K - 1, layer.gate_dim)
             gate_logits[:, :S] += torch.einsum("njd,sd->nsj", t, layer.gate_embed) + layer.gate_bias
