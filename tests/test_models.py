@@ -4,6 +4,7 @@
 import pytest
 import torch
 from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import ARCH_MODEL_REGISTRY
 
 from fairseq_mixtape.models import lstm, output_layer_of, transformer, transformer_lm
@@ -114,3 +115,25 @@ def test_unsorted_dictionary_warns_about_gate_sharing(caplog):
     task.dictionary.count[task.dictionary.nspecial + 3] = 10 ** 6
     task.build_model(parse("lstm_lm", "mixtape"))
     assert "--mixtape-frequent-tokens: the target dictionary is not sorted" in caplog.text
+
+
+def test_adaptive_softmax_preset_takes_the_output_layer_instead():
+    """The wiki103 preset ends in an adaptive softmax; P_mixtape puts Mixtape there, while
+    P_mixtape --output-layer softmax keeps the stock adaptive softmax."""
+    preset = "transformer_lm_wiki103"
+    mixtape = parse_stock_cli("--task", "language_modeling", "--arch", f"{preset}_mixtape")
+    assert mixtape.adaptive_softmax_cutoff is None and not mixtape.tie_adaptive_weights
+    assert mixtape.adaptive_input  # the rest of the preset is unchanged
+    softmax = parse_stock_cli("--task", "language_modeling", "--arch", f"{preset}_mixtape",
+                              "--output-layer", "softmax")
+    assert softmax.adaptive_softmax_cutoff is not None and softmax.tie_adaptive_weights
+    task, _ = build("transformer_lm", "softmax")
+    small = ["--decoder-embed-dim", "16", "--decoder-input-dim", "16", "--decoder-output-dim",
+             "16", "--decoder-ffn-embed-dim", "32", "--decoder-layers", "1",
+             "--decoder-attention-heads", "2", "--adaptive-input-cutoff", "10,20",
+             "--adaptive-input-factor", "2"]
+    args = parse_stock_cli("--task", "language_modeling", "--arch", f"{preset}_mixtape", *small)
+    model = task.build_model(convert_namespace_to_omegaconf(args).model)
+    assert type(output_layer_of(model)).__name__ == "Mixtape"
+    out, _ = model(torch.randint(4, 30, (2, 5)))
+    assert torch.isfinite(out).all()

@@ -49,7 +49,13 @@ def _preset(preset: str, layer: str):
 
     def architecture(args):
         set_output_layer_defaults(args, layer)
+        asked_for_adaptive_softmax = safe_getattr(args, "adaptive_softmax_cutoff") is not None
         stock_preset(args)
+        if args.output_layer != "softmax" and not asked_for_adaptive_softmax:
+            # presets such as transformer_lm_wiki103 end in an adaptive softmax: the chosen
+            # output layer takes its place (an explicit --adaptive-softmax-cutoff still fails)
+            args.adaptive_softmax_cutoff = None
+            args.tie_adaptive_weights = False
 
     architecture.__name__ = f"{preset}_{layer}"
     return architecture
