@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Average the parameters of the last N fairseq checkpoints (Vaswani et al. 2017; Ott et al. 2018).
+
+The pip packages of fairseq do not ship fairseq's ``scripts/average_checkpoints.py``; this is the
+same computation (and the same flags), for checkpoints of models with fairseq-mixtape output
+layers too. Importing ``fairseq_mixtape`` lets ``torch.load`` read fairseq checkpoints under
+torch >= 2.6 (weights_only loading with the plugin's allowlist).
+
+    python scripts/average_checkpoints.py --inputs checkpoints/run --num-epoch-checkpoints 10 \\
+        --output checkpoints/run/checkpoint.avg10.pt
+    python scripts/average_checkpoints.py --inputs checkpoints/run --num-update-checkpoints 5 ...
+    python scripts/average_checkpoints.py --inputs a.pt b.pt c.pt --output avg.pt
+
+The output keeps the newest input's configuration and training state, without its optimizer
+state (not needed to generate or evaluate); it loads like any checkpoint.
+"""
+
+import argparse
+import collections
+import os
+import re
+import sys
+
+import torch
+
+try:
+    import fairseq_mixtape  # noqa: F401  (torch >= 2.6 loading allowlist)
+except ImportError:  # not installed: use the checkout this script is in
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import fairseq_mixtape  # noqa: F401
+from fairseq.checkpoint_utils import torch_persistent_save
+
+
+def last_n_checkpoints(folder, n, update_based, upper_bound=None):
+    """The newest n of checkpoint<epoch>.pt (or checkpoint_<epoch>_<update>.pt), newest first."""
+    pattern = re.compile(r"checkpoint_\d+_(\d+)\.pt$" if update_based else r"checkpoint(\d+)\.pt$")
+    found = []
+    for name in os.listdir(folder):
+        match = pattern.fullmatch(name)
+        if match and (upper_bound is None or int(match.group(1)) <= upper_bound):
+            found.append((int(match.group(1)), name))
+    if len(found) < n:
+        kind = "update" if update_based else "epoch"
+        raise SystemExit(f"found {len(found)} {kind} checkpoints in {folder}, need {n}: "
+                         f"{sorted(name for _, name in found)}")
+    return [os.path.join(folder, name) for _, name in sorted(found, reverse=True)[:n]]
+
+
+def average_checkpoints(paths):
+    """The state of paths[0] with the mean of all the paths' model parameters."""
+    new_state, sums = None, collections.OrderedDict()
+    for path in paths:
+        state = torch.load(path, map_location="cpu")
+        if new_state is None:
+            new_state = state
+        params = state["model"]
+        if sums and list(params) != list(sums):
+            raise SystemExit(f"{path} has other parameters than {paths[0]}")
+        for key, value in params.items():
+            value = value.double() if value.is_floating_point() else value.clone()
+            if key in sums:
+                sums[key] += value
+            else:
+                sums[key] = value
+    model = new_state["model"]
+    for key, total in sums.items():
+        if total.is_floating_point():
+            model[key] = (total / len(paths)).to(model[key].dtype)
+        else:
+            model[key] = torch.div(total, len(paths), rounding_mode="floor")
+    new_state.pop("last_optimizer_state", None)
+    return new_state
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inputs", nargs="+", required=True,
+                        help="checkpoint files, or one folder with --num-*-checkpoints")
+    parser.add_argument("--output", required=True, help="where to write the averaged checkpoint")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--num-epoch-checkpoints", type=int,
+                       help="average the last N checkpoint<epoch>.pt of the folder")
+    group.add_argument("--num-update-checkpoints", type=int,
+                       help="average the last N checkpoint_<epoch>_<update>.pt of the folder")
+    parser.add_argument("--checkpoint-upper-bound", type=int,
+                        help="only checkpoints of at most this epoch (or update)")
+    args = parser.parse_args(argv)
+
+    count = args.num_epoch_checkpoints or args.num_update_checkpoints
+    if count:
+        if len(args.inputs) != 1 or not os.path.isdir(args.inputs[0]):
+            parser.error("--num-*-checkpoints needs --inputs to be one folder")
+        paths = last_n_checkpoints(args.inputs[0], count, args.num_update_checkpoints is not None,
+                                   args.checkpoint_upper_bound)
+    else:
+        paths = args.inputs
+    print(f"averaging {len(paths)} checkpoints: {' '.join(os.path.basename(p) for p in paths)}")
+    torch_persistent_save(average_checkpoints(paths), args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

