@@ -1,0 +1,98 @@
+"""The demo (scripts/demo.py, fairseq_mixtape/demo.py): its synthetic language, and a tiny run
+through the real fairseq command-line tools."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from fairseq_mixtape import demo
+
+
+@pytest.fixture(scope="module")
+def language():
+    return demo.MarkovLanguage.random(demo.LanguageSpec())
+
+
+def test_transitions_are_distributions(language):
+    assert np.allclose(language.transitions.sum(axis=1), 1.0)
+    assert (language.transitions > 0).all()          # the floor keeps every log-prob finite
+
+
+def test_language_is_high_rank_beyond_the_demo_softmax(language):
+    """A softmax over the demo's d-dimensional state reaches rank d + 1 at most; the true
+    log-probability matrix must need far more, or the demo would show nothing."""
+    log_probs = language.log_prob_matrix()
+    softmax_rank = demo.ModelSpec().output_dim + 1
+    assert np.isfinite(log_probs).all()
+    assert demo.numerical_rank(log_probs) == language.num_states
+    assert demo.effective_rank(log_probs, eps=1e-3) > 4 * softmax_rank
+
+
+def test_rank_measures_on_known_matrices():
+    rng = np.random.default_rng(0)
+    low_rank = rng.normal(size=(50, 3)) @ rng.normal(size=(3, 40))
+    assert demo.numerical_rank(low_rank) == 3
+    assert demo.effective_rank(low_rank + 7.0) <= 3      # row shifts are free
+
+
+def test_samples_follow_the_chain(language):
+    """Sentences end at </s>; their loss under the true model is the chain's entropy rate."""
+    rng = np.random.default_rng(0)
+    sentences = language.sample_sentences(60_000, rng)
+    tokens = sum(len(s) + 1 for s in sentences)
+    assert 40_000 < tokens < 80_000
+    assert all(0 not in s for s in sentences)
+    P = language.transitions
+    stationary = np.linalg.matrix_power(P, 100)[0]
+    entropy_rate = -(stationary[:, None] * P * np.log(P)).sum()
+    assert language.cross_entropy(sentences) == pytest.approx(entropy_rate, rel=0.02)
+
+
+def test_write_corpus(tmp_path):
+    language = demo.MarkovLanguage.random(demo.LanguageSpec(vocab_size=20, successors=3))
+    true_perplexity = demo.write_corpus(language, tmp_path, dict(train=500, test=200), seed=0)
+    assert 1.0 < true_perplexity < 21.0
+    words = set((tmp_path / "train.txt").read_text().split())
+    assert words <= set(language.words[1:])
+
+
+def test_unknown_layer_is_refused():
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--layers", "softmax,nope"])
+
+
+def test_tiny_end_to_end(tmp_path, capsys):
+    """Data, fairseq-preprocess, fairseq-train and fairseq-eval-lm for two layers, tiny."""
+    results = demo.main([
+        "--work-dir", str(tmp_path), "--layers", "softmax,mixtape", "--updates", "4",
+        "--vocab-size", "12", "--successors", "3", "--train-tokens", "3000",
+        "--test-tokens", "600", "--hidden-size", "8", "--output-dim", "4", "--batch-size", "4"])
+    printed = capsys.readouterr().out
+    assert [r.layer for r in results] == ["softmax", "mixtape"]
+    assert all(math.isfinite(r.perplexity) and r.perplexity > 1 for r in results)
+    assert all(r.updates == 4 and r.parameters > 0 for r in results)
+    assert "| output layer | K | test ppl |" in printed
+    for layer in ("softmax", "mixtape", "true model"):
+        assert re.search(rf"^\| {layer}\b.*\| \d+\.\d\d \|", printed, re.MULTILINE), layer
+    assert "update     4/4" in printed                  # progress from fairseq-train's log
+
+
+def test_user_data_raw_text_is_preprocessed(tmp_path):
+    language = demo.MarkovLanguage.random(demo.LanguageSpec(vocab_size=10, successors=3))
+    demo.write_corpus(language, tmp_path / "mine", dict(train=300, valid=100, test=100), seed=0)
+    args = demo.parse_args(["--data", str(tmp_path / "mine"), "--work-dir", str(tmp_path / "w")])
+    bin_dir, true_perplexity = demo.prepare_data(args)
+    assert demo.is_binarized(bin_dir) and (bin_dir / "test.bin").is_file()
+    assert true_perplexity is None                         # unknown for the user's language
+    words = {line.split()[0] for line in open(bin_dir / "dict.txt")}
+    assert set(language.words[1:]) <= words                 # (plus fairseq's madeupword padding)
+    assert demo.dictionary_size(bin_dir) == 4 + len(words)
+
+
+def test_user_data_binarized_is_used_as_is(tmp_path):
+    (tmp_path / "dict.txt").write_text("w1 5\n")
+    (tmp_path / "train.bin").write_bytes(b"")
+    args = demo.parse_args(["--data", str(tmp_path)])
+    assert demo.prepare_data(args) == (tmp_path, None)
