@@ -6,6 +6,7 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .base import OutputLayer, check_components, check_option, register_output_layer, upcast
 
@@ -100,19 +101,112 @@ class Mixtape(OutputLayer):
         if K == 1:
             return upcast(self.token_logits(h.squeeze(-2)))
         shared_logits = upcast(self.shared_gate(features))                    # (..., K-1)
-        shared_priors = self.tree_priors(shared_logits)                        # (..., K)
-        mixed = (shared_priors.unsqueeze(-1) * upcast(h)).sum(dim=-2)          # (..., E)
-        logits = upcast(F.linear(mixed.to(self.weight.dtype), self.weight[S:]))  # (..., V-S)
-        if S > 0:
-            logits = torch.cat([self.frequent_logits(features, h, shared_logits), logits], -1)
+        shared_gates = torch.sigmoid(shared_logits).unsqueeze(-1)             # (..., K-1, 1)
+        mixed = tree_mix(upcast(h), shared_gates)                              # (..., E)
+        mixed = mixed.to(self.weight.dtype)
+        if S == 0:
+            logits = upcast(F.linear(mixed, self.weight))                      # (..., V)
+        else:
+            # mixed . w_x for x >= S and h_k . w_x for x < S, in one autograd node
+            rest, component_logits = SplitProjection.apply(mixed, h, self.weight, S)
+            frequent = self.frequent_logits(features, h, shared_logits,
+                                            component_logits=upcast(component_logits))
+            # cat promotes rest (e.g. bfloat16 under autocast) to frequent's float32 in its copy
+            logits = torch.cat([frequent, rest], -1)                           # (..., V)
         return logits if self.bias is None else logits + self.bias
 
-    def frequent_logits(self, features, h, shared_logits) -> torch.Tensor:
-        """Token-specific gates for the S frequent tokens: sum_k pi_{x,k} (h_k . w_x), (..., S)."""
+    def frequent_logits(self, features, h, shared_logits, component_logits=None) -> torch.Tensor:
+        """Token-specific gates for the S frequent tokens: sum_k pi_{x,k} (h_k . w_x), (..., S).
+
+        Computed in a (..., K, S) layout, contiguous along the tokens: the K component logits
+        h_k . w_x (given, or computed here) are one matmul, the K-1 gate logits another, and the
+        sigmoid tree mixes them level by level (``tree_mix``), so no (..., S, K) priors or index
+        gathers are materialised."""
         K, S = self.components, self.frequent
+        if component_logits is None:
+            component_logits = upcast(torch.matmul(h, self.weight[:S].t()))   # (..., K, S)
         gate_hidden = torch.tanh(self.gate_hidden(features)).unflatten(-1, (K - 1, self.gate_dim))
-        token_gates = (gate_hidden @ self.gate_embed.t()).transpose(-1, -2)    # (..., S, K-1)
-        gate_logits = upcast(token_gates) + shared_logits.unsqueeze(-2) + self.gate_bias
-        priors = self.tree_priors(gate_logits)                                 # (..., S, K)
-        component_logits = (h @ self.weight[:S].t()).transpose(-1, -2)         # (..., S, K)
-        return (priors * upcast(component_logits)).sum(dim=-1)
+        gate_logits = torch.matmul(gate_hidden, self.gate_embed.t())           # (..., K-1, S)
+        # + the (float32) shared logits: promotes an autocast dtype to float32 in the same pass
+        gate_logits = gate_logits + shared_logits.unsqueeze(-1) + self.gate_bias.t()
+        return tree_mix(component_logits, torch.sigmoid(gate_logits))          # (..., S)
+
+
+def tree_mix(values: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """sum_k pi_k values_k for the sigmoid tree's priors pi, without forming them.
+
+    ``values`` (..., K, X) holds the K leaves, ``gates`` (..., K-1, X or 1) the sigmoids s_j of
+    the K-1 nodes in heap order (node n's children are 2n+1, left, weight s_n, and 2n+2, right,
+    weight 1 - s_n). Bottom-up, each node's value is s_n left + (1 - s_n) right, one ``lerp``
+    per tree level: the same sum as sum_k pi_k values_k, e.g. for K = 4
+    s_1 (s_2 v_1 + (1-s_2) v_2) + (1-s_1) (s_3 v_3 + (1-s_3) v_4). Returns (..., X).
+    """
+    depth = values.shape[-2].bit_length() - 1                  # log2 K
+    # The gates of each level, deepest first, from one split (one node in backward), and the
+    # left and right children as an unbind of pairs: no strided slices, whose backward passes
+    # would each fill a zero tensor of the whole input.
+    levels = gates.split([1 << level for level in range(depth)], dim=-2)
+    for node_gates in reversed(levels):
+        left, right = values.unflatten(-2, (-1, 2)).unbind(-2)
+        values = torch.lerp(right, left, node_gates)
+    return values.squeeze(-2)
+
+
+class SplitProjection(torch.autograd.Function):
+    """(rest_input (..., E), frequent_input (..., K, E), weight (V, E), S) ->
+    (rest_input . w_x for x >= S: (..., V-S), frequent_input_k . w_x for x < S: (..., K, S)).
+
+    Two matmuls with the two row blocks of one weight. Autograd through ``weight[S:]`` and
+    ``weight[:S]`` would build the (V, E) weight gradient from two blocks and copy them into a
+    new (V, E) tensor (slices: two zero-filled ones); here backward writes both blocks straight
+    into one. Under autocast the matmuls run in the autocast dtype, as ``F.linear`` would.
+    """
+
+    @staticmethod
+    def forward(ctx, rest_input, frequent_input, weight, split):
+        device = weight.device.type
+        dtype = autocast_dtype(device)
+        if dtype is not None:
+            rest_input, frequent_input, weight = (
+                x.to(dtype) for x in (rest_input, frequent_input, weight))
+        with torch.autocast(device, enabled=False):
+            frequent_weight, rest_weight = weight.split([split, weight.shape[0] - split])
+            rest = F.linear(rest_input, rest_weight)
+            frequent = torch.matmul(frequent_input, frequent_weight.t())
+        ctx.save_for_backward(rest_input, frequent_input, weight)
+        ctx.split = split
+        return rest, frequent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_rest, grad_frequent):
+        rest_input, frequent_input, weight = ctx.saved_tensors
+        S, E = ctx.split, weight.shape[1]
+        frequent_weight, rest_weight = weight.split([S, weight.shape[0] - S])
+        grad_rest, grad_frequent = grad_rest.to(weight.dtype), grad_frequent.to(weight.dtype)
+        grad_rest_input = grad_frequent_input = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_rest_input = torch.matmul(grad_rest, rest_weight)
+        if ctx.needs_input_grad[1]:
+            grad_frequent_input = torch.matmul(grad_frequent, frequent_weight)
+        if ctx.needs_input_grad[2]:
+            grad_weight = torch.empty_like(weight)
+            frequent_grad, rest_grad = grad_weight.split([S, weight.shape[0] - S])
+            torch.mm(grad_frequent.reshape(-1, S).t(), frequent_input.reshape(-1, E),
+                     out=frequent_grad)
+            if rest_grad.numel():                                    # empty where S = V
+                torch.mm(grad_rest.reshape(-1, rest_grad.shape[0]).t(),
+                         rest_input.reshape(-1, E), out=rest_grad)
+        return grad_rest_input, grad_frequent_input, grad_weight, None
+
+
+def autocast_dtype(device_type: str):
+    """The dtype that autocast gives matmuls on ``device_type`` now, or None outside autocast."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return None
+    except TypeError:  # torch < 2.4: per-device functions
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None

@@ -1,0 +1,887 @@
+"""Speed and memory of the output layers, alone and inside fairseq models (issue 5).
+
+    python scripts/benchmark.py            # the default CPU run (4 minutes on 2 loaded cores)
+    python scripts/benchmark.py --quick    # a smoke run with tiny sizes (well under a minute)
+    python scripts/benchmark.py --device cuda --dtype bfloat16 --dims 512 1024 --positions 2048
+
+Four sections, each for softmax, MoS (K=15), Mixtape (K=4, S=0.1V, d1=64) and sigsoftmax:
+
+``output_layer``
+    the layer alone on random features (N positions, dimension d) at every vocabulary V:
+    ``train`` = forward, log_softmax (float32), NLL on random targets, backward (features and
+    parameters); ``infer`` = forward and log_softmax without autograd.
+``mt``
+    a whole training step of a ``transformer_wmt_en_de``-shaped model (``--arch
+    transformer_wmt_en_de_mixtape --output-layer X --share-all-embeddings``, V shared): forward,
+    the plugin's ``output_layer_cross_entropy`` loss, backward, (fused) Adam step; words per
+    second = target tokens / step time, as fairseq reports ``wps``. ``mos_chunked`` is MoS
+    trained through the same criterion with chunks of ``--mos-chunk-tokens`` target positions.
+``lm``
+    the same for a ``transformer_lm``-shaped model (``--share-decoder-input-output-embed``).
+``beam``
+    beam search (fairseq's ``SequenceGenerator``, beam 4) with the ``mt`` models on random
+    sources, with min_len = max_len so that every layer decodes the same number of steps;
+    sentences per second.
+
+Every configuration is measured interleaved: after two measurement steps (below) and
+``--warmup`` untimed steps per layer, each of ``--repeats`` rounds times one step of every layer
+(MoS in the first ``--mos-repeats`` rounds only; the order rotated from round to round), so that
+the load of a shared machine falls on all layers alike. Times are reported as median, min, max
+and quartiles, ratios as the median (and range) of the per-round ratios.
+
+The measurement steps, each on a step of its own (optimiser state is created before either):
+    ``tensor_mb``  the peak of the bytes of tensor storages created in the step and alive at once
+                   (a ``TorchDispatchMode``: device- and allocator-independent), and ``gflops``,
+                   the step's matrix-product FLOPs by ``torch.utils.flop_counter``'s formulas;
+    ``peak_mb``    CPU: the growth of the process's resident set (RSS) during the step over its
+                   RSS just before it, read from VmHWM after resetting it through
+                   ``/proc/self/clear_refs`` and returning freed heap memory to the system
+                   (``malloc_trim``); it also counts the allocator's heap fragmentation.
+                   CUDA: ``torch.cuda.max_memory_allocated`` during the step minus the memory
+                   allocated before it.
+
+Results: ``<out-dir>/<name>.csv``, ``<name>.png`` (time and memory vs vocabulary, one line
+per layer) and ``<name>.md`` (the tables and the ratios that issue 5's targets are about,
+beside the FLOP model Mixtape ~ (1 + (K-1) S/V) x softmax), also printed.
+"""
+
+import argparse
+import csv
+import ctypes
+import gc
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+try:  # matrix-product FLOP formulas of torch's FlopCounterMode, keyed by op
+    from torch.utils.flop_counter import flop_registry as FLOP_FORMULAS
+except ImportError:  # older torch
+    FLOP_FORMULAS = {}
+
+LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax"]
+SECTIONS = ["output_layer", "mt", "lm", "beam"]
+CHUNKED = "mos_chunked"  # MoS through the chunked criterion (a variant of the mos model)
+COLORS = {"softmax": "tab:blue", "mos": "tab:red", "mixtape": "tab:green",
+          "sigsoftmax": "tab:orange", CHUNKED: "tab:purple"}
+
+# transformer_lm's preset leaves decoder_input_dim / decoder_output_dim at 512 whatever the
+# embedding size; the translation preset is transformer_wmt_en_de's own.
+QUICK_MT_ARGS = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
+                 "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+                 "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
+                 "--decoder-attention-heads", "2"]
+QUICK_LM_ARGS = ["--decoder-layers", "1", "--decoder-embed-dim", "32", "--decoder-input-dim", "32",
+                 "--decoder-output-dim", "32", "--decoder-ffn-embed-dim", "64",
+                 "--decoder-attention-heads", "2"]
+QUICK = dict(vocabs=[500, 1000], dims=[32], positions=16, model_vocab=1000, mt_batch=2,
+             mt_length=6, lm_batch=2, lm_length=8, beam_sentences=2, beam_length=4, repeats=2,
+             mos_repeats=2, warmup=0)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Benchmark softmax, MoS, Mixtape and sigsoftmax output layers: the layer "
+                    "alone, whole fairseq training steps, beam search; time and peak memory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="float16/bfloat16: run forward passes under torch.autocast")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 on CPU, torch's default on CUDA). On a "
+                        "shared machine with fewer free cores than threads, every parallel op "
+                        "waits for a descheduled thread: whole training steps ran 3-5x slower "
+                        "with 2 threads than with 1 on the loaded 2-core machine of the README")
+    p.add_argument("--layers", nargs="+", default=LAYERS, choices=LAYERS)
+    p.add_argument("--sections", nargs="+", default=SECTIONS, choices=SECTIONS)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per configuration")
+    p.add_argument("--mos-repeats", type=int, default=3,
+                   help="timed rounds of MoS (and mos_chunked), the first ones of the --repeats "
+                        "rounds: MoS costs 4-15x the others, and its ratios are far from 1")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="untimed steps per layer before the timed rounds (after the two "
+                        "measurement steps, which also warm up)")
+    p.add_argument("--seed", type=int, default=1)
+    g = p.add_argument_group("output layer alone")
+    g.add_argument("--vocabs", type=int, nargs="+", default=[10000, 20000, 32000, 50000])
+    g.add_argument("--dims", type=int, nargs="+", default=[512],
+                   help="hidden sizes d (e.g. 512 1024)")
+    g.add_argument("--positions", type=int, default=64, help="positions N per step")
+    g = p.add_argument_group("whole models")
+    g.add_argument("--model-vocab", type=int, default=32000, help="shared vocabulary of the models")
+    g.add_argument("--mt-batch", type=int, default=4, help="translation: sentences per batch")
+    g.add_argument("--mt-length", type=int, default=16,
+                   help="translation: source and target tokens per sentence (eos included)")
+    g.add_argument("--lm-batch", type=int, default=3, help="language model: sequences per batch")
+    g.add_argument("--lm-length", type=int, default=24, help="language model: tokens per sequence")
+    g.add_argument("--mos-chunk-tokens", type=int, default=None,
+                   help="mos_chunked: --output-chunk-tokens of output_layer_cross_entropy "
+                        "(default: one sequence per chunk)")
+    g.add_argument("--no-mos-chunked", action="store_true",
+                   help="leave out the MoS-through-the-chunked-criterion variant")
+    g.add_argument("--beam-sentences", type=int, default=4, help="beam search: sentences per batch")
+    g.add_argument("--beam-size", type=int, default=4)
+    g.add_argument("--beam-length", type=int, default=10,
+                   help="beam search: source length and output length (min_len = max_len)")
+    g.add_argument("--model-args", default="",
+                   help="extra fairseq flags for both models, e.g. '--decoder-layers 3'")
+    g = p.add_argument_group("output")
+    g.add_argument("--out-dir", default="benchmarks")
+    g.add_argument("--name", default=None, help="file name stem (default: benchmark_<device>)")
+    g.add_argument("--no-plot", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny vocabularies, dimensions and models, 2 rounds")
+    args = p.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    if args.threads is None and args.device == "cpu":
+        args.threads = 1
+    args.name = args.name or (f"benchmark_{args.device}" + ("_quick" if args.quick else ""))
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+# ----------------------------------------------------------------------------- measuring
+@dataclass
+class Result:
+    section: str            # output_layer / mt / lm / beam
+    mode: str               # train / infer / decode
+    layer: str
+    vocab: int
+    dim: int
+    tokens: int             # positions (output_layer), target tokens (mt, lm), sentences (beam)
+    unit: str               # what tokens counts: positions / words / sentences
+    times: List[float] = field(default_factory=list)  # seconds, one per round
+    peak_mb: float = math.nan
+    tensor_mb: float = math.nan
+    gflops: float = math.nan
+    params_m: float = math.nan
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def quartiles(self):
+        if len(self.times) < 2:
+            return self.times[0], self.times[0]
+        q = statistics.quantiles(self.times, n=4, method="inclusive")
+        return q[0], q[2]
+
+    @property
+    def throughput(self) -> float:
+        return self.tokens / self.median
+
+
+class LiveTensorPeak(TorchDispatchMode):
+    """Peak bytes of the tensor storages created inside the block (forward and backward) that
+    are alive at once. Storages that existed before (parameters, inputs, optimiser state) are
+    not counted, nor are their in-place updates. Also counts the FLOPs of the matrix products
+    (``flops``) with the formulas of ``torch.utils.flop_counter`` (FlopCounterMode itself
+    decomposes some ops, which changes what is allocated, so it is not used here).
+
+    ``bound`` counts every storage seen until a scan drops the dead ones; it is scanned only
+    when it would pass the peak, so the peak is exact at a fraction of a scan per op."""
+
+    DECOMPOSE = {torch.ops.aten.linear.default, torch.ops.aten.matmul.default}
+
+    def __init__(self):
+        super().__init__()
+        self.live = {}  # storage id -> (weak reference, bytes)
+        self.bound = self.peak = 0
+        self.flops = 0 if FLOP_FORMULAS else math.nan
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.DECOMPOSE:  # reach here whole without autograd (inference mode)
+            with self:
+                out = func.decompose(*args, **kwargs)  # into mm / addmm / bmm, seen here
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        formula = FLOP_FORMULAS.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        inputs = {StorageWeakRef(t.untyped_storage()).cdata
+                  for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+                storage = tensor.untyped_storage()
+                ref = StorageWeakRef(storage)
+                # views and in-place results share an input's storage: not a new one
+                if ref.cdata in inputs:
+                    continue
+                seen = self.live.get(ref.cdata)
+                if seen is None or seen[0].expired():  # new, or a dead one's address reused
+                    self.live[ref.cdata] = (ref, storage.nbytes())
+                    self.bound += storage.nbytes()
+        if self.bound > self.peak:
+            self.live = {key: entry for key, entry in self.live.items() if not entry[0].expired()}
+            self.bound = sum(nbytes for _, nbytes in self.live.values())
+            self.peak = max(self.peak, self.bound)
+        return out
+
+
+_LIBC = None
+
+
+def _malloc_trim():
+    global _LIBC
+    try:
+        _LIBC = _LIBC or ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def rss_peak_supported() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _hwm_bytes()
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
+    """Run ``step`` once; the peak memory it adds, in MiB (see the module docstring)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    if not rss_peak_supported():
+        step()
+        return math.nan
+    _malloc_trim()
+    base = _rss_bytes()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set size (VmHWM) to the current RSS
+    step()
+    return (_hwm_bytes() - base) / 2 ** 20
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(results: Dict[str, Result], steps: Dict[str, Callable[[], None]], args,
+            device: torch.device, label: str):
+    """Fill ``results[name]`` for every entry of ``steps``: a tracked step (FLOPs, live
+    tensors), a memory step, ``args.warmup`` untimed steps, then ``args.repeats`` interleaved
+    timed rounds."""
+    names, started = list(steps), time.perf_counter()
+    for name in names:
+        with LiveTensorPeak() as tracker:
+            steps[name]()
+        synchronize(device)
+        results[name].tensor_mb = tracker.peak / 2 ** 20
+        results[name].gflops = tracker.flops / 1e9
+        results[name].peak_mb = peak_memory_mb(steps[name], device)
+        for _ in range(args.warmup):
+            steps[name]()
+    gc.collect()
+    gc.freeze()  # later collections skip everything alive now: no long pauses in timed steps
+    for round_ in range(args.repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            if name.startswith("mos") and round_ >= args.mos_repeats:
+                continue
+            synchronize(device)
+            start = time.perf_counter()
+            steps[name]()
+            synchronize(device)
+            results[name].times.append(time.perf_counter() - start)
+    gc.unfreeze()
+    log(f"  {label}: " + ", ".join(f"{n} {results[n].median * 1e3:.1f} ms" for n in names)
+        + f"  ({time.perf_counter() - started:.0f} s)")
+
+
+def log(message: str):
+    print(message, flush=True)
+
+
+def autocast(args, device):
+    if args.dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, args.dtype))
+
+
+# ----------------------------------------------------------------------------- sections
+def output_layer_section(args, device) -> List[Result]:
+    """The output layer alone, at every d and V: train and infer steps."""
+    from .output_layers import OutputLayerConfig, build_output_layer
+
+    results = []
+    for dim in args.dims:
+        for vocab in args.vocabs:
+            torch.manual_seed(args.seed)
+            layers = {name: build_output_layer(OutputLayerConfig(output_layer=name), dim, vocab)
+                      .to(device) for name in args.layers}
+            features = torch.randn(args.positions, dim, device=device, requires_grad=True)
+            target = torch.randint(0, vocab, (args.positions,), device=device)
+
+            def train(layer):
+                with autocast(args, device):
+                    scores = layer(features)
+                loss = F.nll_loss(F.log_softmax(scores.float(), dim=-1), target, reduction="sum")
+                loss.backward()
+                layer.zero_grad(set_to_none=True)
+                features.grad = None
+
+            def infer(layer, features=features.detach()):
+                with torch.inference_mode(), autocast(args, device):
+                    F.log_softmax(layer(features).float(), dim=-1)
+
+            for mode, run in [("train", train), ("infer", infer)]:
+                entries = {name: Result("output_layer", mode, name, vocab, dim, args.positions,
+                                        "positions", params_m=params_m(layer))
+                           for name, layer in layers.items()}
+                steps = {name: (lambda layer=layer, run=run: run(layer))
+                         for name, layer in layers.items()}
+                measure(entries, steps, args, device, f"output layer {mode} d={dim} V={vocab}")
+                results.extend(entries.values())
+            del layers
+    return results
+
+
+def dictionary_of(vocab: int):
+    """An in-memory fairseq Dictionary of exactly ``vocab`` entries, frequency-sorted."""
+    from fairseq.data import Dictionary
+
+    dictionary = Dictionary()
+    for i in range(vocab - len(dictionary)):
+        dictionary.add_symbol(f"w{i}", n=vocab - i)
+    assert len(dictionary) == vocab
+    return dictionary
+
+
+def model_builder(kind: str, args, device, dictionary):
+    """A function layer -> (task, model) for a transformer_wmt_en_de-shaped translation model
+    (kind 'mt') or a transformer_lm-shaped language model ('lm'), configured through fairseq's
+    own argument parsing (once; each layer then changes only ``output_layer``)."""
+    import copy
+    from argparse import Namespace
+
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
+    from fairseq.tasks.language_modeling import LanguageModelingTask
+    from fairseq.tasks.translation import TranslationTask
+    from omegaconf import open_dict
+
+    if kind == "mt":
+        argv = ["unused-data", "--task", "translation", "--arch", "transformer_wmt_en_de_mixtape",
+                "--share-all-embeddings", *(QUICK_MT_ARGS if args.quick else [])]
+    else:
+        argv = ["unused-data", "--task", "language_modeling", "--arch", "transformer_lm_mixtape",
+                "--share-decoder-input-output-embed",
+                "--tokens-per-sample", str(max(args.lm_length, 512)),
+                *(QUICK_LM_ARGS if args.quick else [])]
+    argv += [*shlex.split(args.model_args), *(["--cpu"] if device.type == "cpu" else [])]
+    parsed = options.parse_args_and_arch(options.get_training_parser(), argv)
+    if kind == "mt":
+        task = TranslationTask(parsed, dictionary, dictionary)
+    else:
+        task = LanguageModelingTask(parsed, dictionary, output_dictionary=dictionary)
+    dataclass_model = ARCH_MODEL_NAME_REGISTRY[parsed.arch] in MODEL_DATACLASS_REGISTRY
+    base = convert_namespace_to_omegaconf(parsed).model if dataclass_model else parsed
+
+    def build(layer: str):
+        if dataclass_model:  # transformer_lm: an omegaconf config
+            cfg = copy.deepcopy(base)
+            with open_dict(cfg):
+                cfg.output_layer = layer
+        else:
+            cfg = Namespace(**{**vars(base), "output_layer": layer})
+        torch.manual_seed(args.seed)
+        return task, task.build_model(cfg).to(device)
+
+    return build
+
+
+def random_tokens(dictionary, shape, device, generator):
+    tokens = torch.randint(dictionary.nspecial, len(dictionary), shape, generator=generator)
+    return tokens.to(device)
+
+
+def mt_sample(dictionary, batch: int, length: int, device, generator):
+    eos = dictionary.eos()
+    src = random_tokens(dictionary, (batch, length), device, generator)
+    tgt = random_tokens(dictionary, (batch, length), device, generator)
+    src[:, -1] = tgt[:, -1] = eos
+    prev = torch.cat([torch.full_like(tgt[:, :1], eos), tgt[:, :-1]], dim=1)
+    lengths = torch.full((batch,), length, dtype=torch.long, device=device)
+    return {"id": torch.arange(batch), "nsentences": batch, "ntokens": batch * length,
+            "net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+            "target": tgt}
+
+
+def lm_sample(dictionary, batch: int, length: int, device, generator):
+    tokens = random_tokens(dictionary, (batch, length + 1), device, generator)
+    lengths = torch.full((batch,), length, dtype=torch.long, device=device)
+    return {"id": torch.arange(batch), "nsentences": batch, "ntokens": batch * length,
+            "net_input": {"src_tokens": tokens[:, :-1], "src_lengths": lengths},
+            "target": tokens[:, 1:]}
+
+
+def params_m(module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+class Trainer:
+    """A model, the plugin's chunked criterion and Adam: one training step as fairseq's."""
+
+    def __init__(self, task, model, chunk_tokens: int, args, device, optimizer=None):
+        from .criterions import OutputLayerCrossEntropyCriterion
+
+        self.model, self.args, self.device = model, args, device
+        self.criterion = OutputLayerCrossEntropyCriterion(
+            task, sentence_avg=False, output_chunk_tokens=chunk_tokens)
+        self.optimizer = optimizer
+        if optimizer is not None:
+            return
+        adam = dict(lr=1e-5, betas=(0.9, 0.98), eps=1e-8)
+        try:  # one fused kernel, as fairseq's FusedAdam on GPU (torch >= 2.4 has it on CPU too)
+            self.optimizer = torch.optim.Adam(model.parameters(), fused=True, **adam)
+        except (RuntimeError, TypeError):
+            self.optimizer = torch.optim.Adam(model.parameters(), **adam)
+        # Create Adam's state now (a step on zero gradients changes no weight), so that no
+        # measured step is the one that allocates it.
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def with_chunks(self, task, chunk_tokens: int) -> "Trainer":
+        """The same model and optimiser, through the criterion with other chunks."""
+        return Trainer(task, self.model, chunk_tokens, self.args, self.device, self.optimizer)
+
+    def step(self, sample):
+        self.model.train()
+        with autocast(self.args, self.device):
+            loss, sample_size, logging_output = self.criterion(self.model, sample)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def training_section(kind: str, args, device, dictionary):
+    """Whole training steps of every layer's model ('mt' or 'lm'): (results by name, the
+    models by layer, the task), the models for beam search."""
+    if kind == "mt":
+        length, batch = args.mt_length, args.mt_batch
+    else:
+        length, batch = args.lm_length, args.lm_batch
+    generator = torch.Generator().manual_seed(args.seed)
+    make = mt_sample if kind == "mt" else lm_sample
+    sample = make(dictionary, batch, length, device, generator)
+    trainers, models, task = {}, {}, None
+    build = model_builder(kind, args, device, dictionary)
+    for layer in args.layers:
+        task, models[layer] = build(layer)
+        trainers[layer] = Trainer(task, models[layer], 4096, args, device)
+    if "mos" in trainers and not args.no_mos_chunked:
+        chunk = args.mos_chunk_tokens or length
+        trainers[CHUNKED] = trainers["mos"].with_chunks(task, chunk)
+    entries = {name: Result(kind, "train", name, args.model_vocab, embed_dim(models, name),
+                            sample["ntokens"], "words", params_m=params_m(trainer.model))
+               for name, trainer in trainers.items()}
+    steps = {name: (lambda trainer=trainer: trainer.step(sample))
+             for name, trainer in trainers.items()}
+    measure(entries, steps, args, device, f"{kind} training step")
+    for trainer in trainers.values():
+        trainer.optimizer = None  # free Adam's state before the next section
+    del trainers
+    return entries, models, task
+
+
+def embed_dim(models, name) -> int:
+    model = models["mos" if name == CHUNKED else name]
+    return model.decoder.embed_tokens.weight.shape[1]
+
+
+def beam_section(models, task, args, device, dictionary) -> Dict[str, Result]:
+    from fairseq.sequence_generator import SequenceGenerator
+
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    src = random_tokens(dictionary, (args.beam_sentences, args.beam_length), device, generator)
+    src[:, -1] = dictionary.eos()
+    lengths = torch.full((args.beam_sentences,), args.beam_length, dtype=torch.long, device=device)
+    sample = {"id": torch.arange(args.beam_sentences),
+              "net_input": {"src_tokens": src, "src_lengths": lengths}}
+    steps, entries = {}, {}
+    for layer, model in models.items():
+        model.eval()
+        search = SequenceGenerator([model], task.target_dictionary, beam_size=args.beam_size,
+                                   max_len_a=0, max_len_b=args.beam_length,
+                                   min_len=args.beam_length)
+
+        def decode(search=search):
+            with autocast(args, device):
+                hypotheses = search.generate([search.model], sample)
+            lengths = {len(h["tokens"]) for beam in hypotheses for h in beam}
+            assert lengths == {args.beam_length + 1}, lengths  # every layer decodes alike
+
+        steps[layer] = decode
+        entries[layer] = Result("beam", "decode", layer, args.model_vocab,
+                                model.decoder.embed_tokens.weight.shape[1], args.beam_sentences,
+                                "sentences", params_m=params_m(model))
+    measure(entries, steps, args, device, "beam search")
+    return entries
+
+
+# ----------------------------------------------------------------------------- reporting
+def mixtape_flop_model(vocab: int, dim: int, components=4, frequent=0.1, gate_dim=64):
+    """(the issue's FLOP model 1 + (K-1) S/V, and the full multiply-add count of Mixtape's
+    forward per position over softmax's V d: context K d^2, frequent tokens K S d, the others
+    (V - S) d, gates (K-1) d1 (d + S))."""
+    S = int(frequent * vocab)
+    simple = 1 + (components - 1) * S / vocab
+    macs = (components * dim * dim + components * S * dim + (vocab - S) * dim
+            + (components - 1) * gate_dim * (dim + S) + (components - 1) * dim)
+    return simple, macs / (vocab * dim)
+
+
+def paired_ratio(a: Result, b: Result, invert=False):
+    """Per-round ratio a/b of times (b/a with ``invert``, i.e. of throughputs): median, min, max."""
+    ratios = [(y / x if invert else x / y) for x, y in zip(a.times, b.times)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def fmt_time(r: Result) -> str:
+    scale = 1e3
+    return (f"{r.median * scale:.1f} [{min(r.times) * scale:.1f}-{max(r.times) * scale:.1f}]")
+
+
+def fmt(x: float, digits=1) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def fmt_ratio(r) -> str:
+    return "n/a" if r is None else f"{r[0]:.2f} [{r[1]:.2f}-{r[2]:.2f}]"
+
+
+def find(results, section, layer, mode=None, vocab=None, dim=None) -> Optional[Result]:
+    for r in results:
+        if (r.section == section and r.layer == layer and (mode is None or r.mode == mode)
+                and (vocab is None or r.vocab == vocab) and (dim is None or r.dim == dim)):
+            return r
+    return None
+
+
+def ratios_table(results: List[Result], args) -> List[str]:
+    """The ratios issue 5's targets are about, and the FLOP model beside them."""
+    V = 32000 if 32000 in args.vocabs else args.vocabs[len(args.vocabs) // 2]
+    d = 512 if 512 in args.dims else args.dims[0]
+    simple, full = mixtape_flop_model(V, d)
+    simple_m, full_m = mixtape_flop_model(args.model_vocab, d)
+    rows = []
+
+    def row(what, a, b, invert, target, ok, flop_text="", kind="time"):
+        if a is None or b is None:
+            rows.append(f"| {what} | n/a | {flop_text} | {target} | n/a |")
+            return
+        if kind == "time":
+            r = paired_ratio(a, b, invert)
+            value, text = r[0], fmt_ratio(r)
+        else:
+            num, den = getattr(a, kind), getattr(b, kind)
+            if not den > 0 or math.isnan(num):  # no memory reading on this platform
+                rows.append(f"| {what} | n/a | {flop_text} | {target} | n/a |")
+                return
+            value = num / den
+            text = f"{value:.2f}"
+        rows.append(f"| {what} | {text} | {flop_text} | {target} | "
+                    f"{'n/a' if ok is None else ('**yes**' if ok(value) else '**no**')} |")
+
+    def flops(a, b, label="counted"):
+        ok = a is not None and b is not None and b.gflops > 0
+        return f"{a.gflops / b.gflops:.2f} ({label})" if ok else ""
+
+    def inverse_flops(a, b):  # for throughput ratios a/b: FLOPs b/a
+        return flops(b, a, "counted, FLOPs softmax/Mixtape")
+
+    mt = {name: find(results, "mt", name) for name in LAYERS + [CHUNKED]}
+    lm = {name: find(results, "lm", name) for name in LAYERS + [CHUNKED]}
+    beam = {name: find(results, "beam", name) for name in LAYERS}
+    ol = {(name, mode): find(results, "output_layer", name, mode, V, d)
+          for name in LAYERS for mode in ("train", "infer")}
+    rows += ["| ratio (median of per-round ratios [min-max]) | measured | FLOPs | issue 5 target "
+             "| held |", "|---|---|---|---|---|"]
+    mem, mem_name = "peak_mb", "CUDA" if args.device == "cuda" else "RSS"
+    row("transformer_wmt_en_de training words/s, Mixtape / softmax", mt["mixtape"], mt["softmax"],
+        True, ">= 0.85", lambda v: v >= 0.85, inverse_flops(mt["mixtape"], mt["softmax"]))
+    row("transformer_wmt_en_de training step time, MoS-15 / Mixtape", mt["mos"], mt["mixtape"],
+        False, ">= 5", lambda v: v >= 5, flops(mt["mos"], mt["mixtape"]))
+    row(f"output layer alone (V={V}, d={d}) training step time, MoS-15 / Mixtape",
+        ol["mos", "train"], ol["mixtape", "train"], False, ">= 5", lambda v: v >= 5,
+        flops(ol["mos", "train"], ol["mixtape", "train"]))
+    row(f"transformer_wmt_en_de peak training memory ({mem_name}), Mixtape / softmax",
+        mt["mixtape"], mt["softmax"], False, "<= 1.25", lambda v: v <= 1.25, kind=mem)
+    row("transformer_wmt_en_de peak training memory (live tensors), Mixtape / softmax",
+        mt["mixtape"], mt["softmax"], False, "<= 1.25", lambda v: v <= 1.25, kind="tensor_mb")
+    row(f"transformer_wmt_en_de peak training memory ({mem_name}), MoS-15 chunked / softmax",
+        mt[CHUNKED], mt["softmax"], False, "<= 2", lambda v: v <= 2, kind=mem)
+    row("transformer_wmt_en_de peak training memory (live tensors), MoS-15 chunked / softmax",
+        mt[CHUNKED], mt["softmax"], False, "<= 2", lambda v: v <= 2, kind="tensor_mb")
+    row("beam search sentences/s, Mixtape / softmax", beam["mixtape"], beam["softmax"], True,
+        ">= 0.9", lambda v: v >= 0.9, inverse_flops(beam["mixtape"], beam["softmax"]))
+    rows.append("| *other ratios* | | | | |")
+    row(f"transformer_wmt_en_de peak training memory ({mem_name}), MoS-15 unchunked / softmax",
+        mt["mos"], mt["softmax"], False, "", None, kind=mem)
+    row("transformer_wmt_en_de peak training memory (live tensors), MoS-15 unchunked / softmax",
+        mt["mos"], mt["softmax"], False, "", None, kind="tensor_mb")
+    row("transformer_wmt_en_de step time, MoS-15 chunked / Mixtape", mt[CHUNKED], mt["mixtape"],
+        False, "", None, flops(mt[CHUNKED], mt["mixtape"]))
+    row("transformer_lm training words/s, Mixtape / softmax", lm["mixtape"], lm["softmax"], True,
+        "", None, inverse_flops(lm["mixtape"], lm["softmax"]))
+    row("transformer_lm training step time, MoS-15 / Mixtape", lm["mos"], lm["mixtape"], False,
+        "", None, flops(lm["mos"], lm["mixtape"]))
+    for kind, name in [(mem, mem_name), ("tensor_mb", "live tensors")]:
+        row(f"transformer_lm peak training memory ({name}), Mixtape / softmax", lm["mixtape"],
+            lm["softmax"], False, "", None, kind=kind)
+        row(f"transformer_lm peak training memory ({name}), MoS-15 chunked / softmax",
+            lm[CHUNKED], lm["softmax"], False, "", None, kind=kind)
+    model = f"model {simple:.2f}, full count {full:.2f}; "
+    for mode, what in [("train", "train"), ("infer", "inference")]:
+        row(f"output layer alone V={V} d={d}, {what} time, Mixtape / softmax",
+            ol["mixtape", mode], ol["softmax", mode], False, "", None,
+            model + flops(ol["mixtape", mode], ol["softmax", mode]))
+    for kind, name in [(mem, mem_name), ("tensor_mb", "live tensors")]:
+        row(f"output layer alone V={V} d={d}, peak train memory ({name}), Mixtape / softmax",
+            ol["mixtape", "train"], ol["softmax", "train"], False, "", None, kind=kind)
+    lines = ["## Ratios", "",
+             f"FLOP model: a Mixtape output layer costs about (1 + (K-1) S/V) x softmax's: K=4, "
+             f"S=0.1V: **{simple:.2f}**; counting the context projection (K d^2) and the gates "
+             f"too, {full:.3f} at V={V}, d={d} ({full_m:.3f} at the models' V={args.model_vocab}). "
+             "'counted' FLOPs are matrix-product FLOPs of the measured step from "
+             "torch.utils.flop_counter.", ""] + rows
+    return lines
+
+
+def markdown(results: List[Result], args, device, seconds: float) -> str:
+    mem_kind = "CUDA max allocated" if device.type == "cuda" else "RSS growth"
+    command = " ".join(["python scripts/benchmark.py", *map(shlex.quote, args.argv)])
+    lines = ["# Output-layer benchmark", "",
+             f"- command: `{command}`",
+             f"- device: {describe_device(device)}; dtype {args.dtype}; torch {torch.__version__}; "
+             f"{torch.get_num_threads()} thread(s)",
+             f"- {args.repeats} timed rounds per configuration (MoS: the first "
+             f"{min(args.mos_repeats, args.repeats)}; layers interleaved, order rotated), "
+             f"after a tracked step, a memory step and {args.warmup} warm-up step(s); "
+             f"times: median [min-max]",
+             f"- peak memory: {mem_kind} during one step, MiB (`peak`); live-tensor peak of the "
+             "same kind of step (`tensors`)",
+             f"- total wall time {seconds / 60:.1f} min; 1-minute load average "
+             f"{args.load[0]} at the start, {args.load[-1]} at the end", ""]
+    ol = [r for r in results if r.section == "output_layer"]
+    if ol:
+        lines += [f"## Output layer alone ({args.positions} positions per step)", "",
+                  "| d | V | layer | train ms | infer ms | train peak MiB | infer peak MiB | "
+                  "train tensors MiB | train GFLOP |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for d in args.dims:
+            for V in args.vocabs:
+                for name in args.layers:
+                    tr = find(ol, "output_layer", name, "train", V, d)
+                    inf = find(ol, "output_layer", name, "infer", V, d)
+                    lines.append(f"| {d} | {V} | {name} | {fmt_time(tr)} | {fmt_time(inf)} | "
+                                 f"{fmt(tr.peak_mb)} | {fmt(inf.peak_mb)} | {fmt(tr.tensor_mb)} | "
+                                 f"{fmt(tr.gflops, 2)} |")
+        lines.append("")
+    for section, title in [("mt", "transformer_wmt_en_de training step"),
+                           ("lm", "transformer_lm training step")]:
+        rs = [r for r in results if r.section == section]
+        if not rs:
+            continue
+        batch, length = ((args.mt_batch, args.mt_length) if section == "mt"
+                         else (args.lm_batch, args.lm_length))
+        lines += [f"## {title} (V={args.model_vocab}, {batch} x {length} target tokens per step)",
+                  "",
+                  "| layer | params M | step ms | words/s | peak MiB | tensors MiB | GFLOP |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rs:
+            lines.append(f"| {r.layer} | {r.params_m:.1f} | {fmt_time(r)} | {r.throughput:.0f} | "
+                         f"{fmt(r.peak_mb)} | {fmt(r.tensor_mb)} | {fmt(r.gflops, 1)} |")
+        lines.append("")
+    rs = [r for r in results if r.section == "beam"]
+    if rs:
+        lines += [f"## Beam search (transformer_wmt_en_de, beam {args.beam_size}, "
+                  f"{args.beam_sentences} sentences of {args.beam_length} tokens, "
+                  f"{args.beam_length} output tokens + eos)", "",
+                  "| layer | batch ms | sentences/s | peak MiB | tensors MiB | GFLOP |",
+                  "|---|---|---|---|---|---|"]
+        for r in rs:
+            lines.append(f"| {r.layer} | {fmt_time(r)} | {r.throughput:.2f} | {fmt(r.peak_mb)} | "
+                         f"{fmt(r.tensor_mb)} | {fmt(r.gflops, 1)} |")
+        lines.append("")
+    lines += ratios_table(results, args)
+    return "\n".join(lines) + "\n"
+
+
+def load_average() -> str:
+    try:
+        return "{:.1f}".format(os.getloadavg()[0])
+    except OSError:
+        return "n/a"
+
+
+def describe_device(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def write_csv(results: List[Result], path: Path, args):
+    columns = ["section", "mode", "layer", "vocab", "dim", "tokens", "unit", "device", "dtype",
+               "threads", "repeats", "time_ms_median", "time_ms_min", "time_ms_max", "time_ms_q1",
+               "time_ms_q3", "throughput_per_s", "peak_mb", "tensor_mb", "gflops", "params_m",
+               "times_ms"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in results:
+            q1, q3 = r.quartiles()
+            writer.writerow([r.section, r.mode, r.layer, r.vocab, r.dim, r.tokens, r.unit,
+                             args.device, args.dtype, torch.get_num_threads(), len(r.times),
+                             f"{r.median * 1e3:.3f}", f"{min(r.times) * 1e3:.3f}",
+                             f"{max(r.times) * 1e3:.3f}", f"{q1 * 1e3:.3f}", f"{q3 * 1e3:.3f}",
+                             f"{r.throughput:.3f}", f"{r.peak_mb:.2f}", f"{r.tensor_mb:.2f}",
+                             f"{r.gflops:.4f}", f"{r.params_m:.3f}",
+                             " ".join(f"{t * 1e3:.3f}" for t in r.times)])
+
+
+def plot(results: List[Result], path: Path, args, device):
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger is at DEBUG
+    import matplotlib.pyplot as plt
+
+    ol = [r for r in results if r.section == "output_layer"]
+    mem = "CUDA peak" if device.type == "cuda" else "peak RSS growth"
+    panels = [("train", "times", "forward+backward time per step (ms)"),
+              ("infer", "times", "inference time per step (ms)"),
+              ("train", "peak_mb", f"training {mem} (MiB)"),
+              ("infer", "peak_mb", f"inference {mem} (MiB)")]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    styles = ["-", "--", ":", "-."]
+    for ax, (mode, what, title) in zip(axes.flat, panels):
+        for i, d in enumerate(args.dims):
+            for name in args.layers:
+                rs = [find(ol, "output_layer", name, mode, V, d) for V in args.vocabs]
+                xs = [r.vocab / 1000 for r in rs]
+                if what == "times":
+                    ys = [r.median * 1e3 for r in rs]
+                    err = [[y - min(r.times) * 1e3 for y, r in zip(ys, rs)],
+                           [max(r.times) * 1e3 - y for y, r in zip(ys, rs)]]
+                    ax.errorbar(xs, ys, yerr=err, capsize=3, marker="o", ls=styles[i % 4],
+                                color=COLORS[name], label=f"{name} d={d}")
+                else:
+                    ax.plot(xs, [r.peak_mb for r in rs], marker="o", ls=styles[i % 4],
+                            color=COLORS[name], label=f"{name} d={d}")
+        ax.set_title(title)
+        ax.set_xlabel("vocabulary size V (thousands)")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"Output layer alone, {args.positions} positions, {describe_device(device)}, "
+                 f"{args.dtype}; median of {args.repeats} interleaved rounds "
+                 f"(MoS {min(args.mos_repeats, args.repeats)}; bars: min-max)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args) -> List[Result]:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    import fairseq_mixtape  # noqa: F401  (registers models, layers, criterions)
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, args.load = time.perf_counter(), [load_average()]
+    log(f"benchmark on {describe_device(device)}, {torch.get_num_threads()} threads, {args.dtype}")
+    results: List[Result] = []
+    if "output_layer" in args.sections:
+        results += output_layer_section(args, device)
+    needs_mt = "mt" in args.sections or "beam" in args.sections
+    if needs_mt or "lm" in args.sections:
+        dictionary = dictionary_of(args.model_vocab)
+    if needs_mt:
+        if "mt" in args.sections:
+            entries, models, task = training_section("mt", args, device, dictionary)
+            results += entries.values()
+        else:
+            models, task, build = {}, None, model_builder("mt", args, device, dictionary)
+            for layer in args.layers:
+                task, models[layer] = build(layer)
+        if "beam" in args.sections:
+            results += beam_section(models, task, args, device, dictionary).values()
+        del models
+        gc.collect()
+    if "lm" in args.sections:
+        entries, models, _ = training_section("lm", args, device, dictionary)
+        results += entries.values()
+        del models
+    seconds = time.perf_counter() - started
+    args.load.append(load_average())
+    write_csv(results, out_dir / f"{args.name}.csv", args)
+    if not args.no_plot and any(r.section == "output_layer" for r in results):
+        plot(results, out_dir / f"{args.name}.png", args, device)
+    text = markdown(results, args, device, seconds)
+    (out_dir / f"{args.name}.md").write_text(text)
+    print()
+    print(text)
+    log(f"wrote {out_dir / args.name}.csv, .png, .md ({seconds / 60:.1f} min)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The benchmark's smoke run (--quick) writes a CSV, a PNG plot and a Markdown table that cover
+every layer and section with finite, positive numbers. No timing is checked."""
+
+import csv
+import math
+
+from fairseq_mixtape.benchmark import CHUNKED, LAYERS, main
+
+NUMBERS = ["time_ms_median", "time_ms_min", "time_ms_max", "time_ms_q1", "time_ms_q3",
+           "throughput_per_s", "tensor_mb", "gflops", "params_m"]
+
+
+def test_quick_benchmark_writes_csv_plot_and_table(tmp_path):
+    # one thread: many tiny ops are slow on a loaded 2-core machine when two threads sync
+    main(["--quick", "--threads", "1", "--out-dir", str(tmp_path), "--name", "quick"])
+
+    with open(tmp_path / "quick.csv") as f:
+        rows = list(csv.DictReader(f))
+    seen = {(row["section"], row["mode"], row["layer"]) for row in rows}
+    expected = {("output_layer", mode, layer) for mode in ("train", "infer") for layer in LAYERS}
+    expected |= {(section, "train", layer)
+                 for section in ("mt", "lm") for layer in LAYERS + [CHUNKED]}
+    expected |= {("beam", "decode", layer) for layer in LAYERS}
+    assert expected <= seen
+    assert {int(row["vocab"]) for row in rows if row["section"] == "output_layer"} == {500, 1000}
+    for row in rows:
+        for column in NUMBERS:
+            value = float(row[column])
+            assert math.isfinite(value) and value > 0, (row["section"], row["layer"], column, value)
+        # RSS growth of a tiny step can be zero pages; it must still be a number
+        assert math.isfinite(float(row["peak_mb"])) and float(row["peak_mb"]) >= 0
+        times = [float(t) for t in row["times_ms"].split()]
+        assert len(times) == int(row["repeats"]) == 2 and all(t > 0 for t in times)
+
+    png = (tmp_path / "quick.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+    table = (tmp_path / "quick.md").read_text()
+    for heading in ["## Output layer alone", "## transformer_wmt_en_de training step",
+                    "## transformer_lm training step", "## Beam search", "## Ratios"]:
+        assert heading in table
+    for layer in LAYERS + [CHUNKED]:
+        assert f"| {layer} |" in table
+    assert "(1 + (K-1) S/V)" in table and "**1.30**" in table
+    ratio_rows = [line for line in table.splitlines() if line.startswith("| transformer_wmt")]
+    assert ratio_rows and all("n/a |" not in line.split("|")[2] for line in ratio_rows)
