@@ -3,23 +3,16 @@
 from fairseq.models import register_model
 from fairseq.models.lstm import LSTMModel
 
-from .wiring import add_output_layer_args, attach_output_layer, register_presets
+from .wiring import WithOutputLayer, register_presets
 
 PRESETS = ["lstm", "lstm_wiseman_iwslt_de_en", "lstm_luong_wmt_en_de"]
 
 
 @register_model("lstm_with_output_layer")
-class LSTMWithOutputLayer(LSTMModel):
-    @classmethod
-    def add_args(cls, parser):
-        super().add_args(parser)
-        add_output_layer_args(parser)
-
-    @classmethod
-    def build_model(cls, args, task):
-        model = super().build_model(args, task)
-        attach_output_layer(model.decoder, args, input_dim=args.decoder_out_embed_dim)
-        return model
+class LSTMWithOutputLayer(WithOutputLayer, LSTMModel):
+    @staticmethod
+    def features_dim(model, args) -> int:
+        return args.decoder_out_embed_dim
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, incremental_state=None,
                 features_only: bool = False):

@@ -7,7 +7,7 @@ from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerL
 
 from ..output_layers import OutputLayerConfig
 from ..output_layers.base import check_option
-from .wiring import attach_output_layer, register_presets
+from .wiring import WithOutputLayer, register_presets
 
 PRESETS = ["transformer_lm", "transformer_lm_wiki103", "transformer_lm_gbw"]
 
@@ -20,7 +20,7 @@ class TransformerLanguageModelWithOutputLayerConfig(TransformerLanguageModelConf
 
 @register_model("transformer_lm_with_output_layer",
                 dataclass=TransformerLanguageModelWithOutputLayerConfig)
-class TransformerLanguageModelWithOutputLayer(TransformerLanguageModel):
+class TransformerLanguageModelWithOutputLayer(WithOutputLayer, TransformerLanguageModel):
     @classmethod
     def build_model(cls, args, task):
         tied = args.share_decoder_input_output_embed and not args.tie_adaptive_weights
@@ -28,9 +28,7 @@ class TransformerLanguageModelWithOutputLayer(TransformerLanguageModel):
                      "--share-decoder-input-output-embed", True,
                      "only with an ordinary input embedding: --adaptive-input and "
                      "--character-embeddings have no single weight matrix to tie")
-        model = super().build_model(args, task)
-        attach_output_layer(model.decoder, args, input_dim=model.decoder.output_embed_dim)
-        return model
+        return super().build_model(args, task)
 
 
 register_presets("transformer_lm_with_output_layer", PRESETS)

@@ -1,8 +1,9 @@
 """What every model family shares: the flags, the P_mixtape / P_mos presets, and putting the
 output layer in the place of a stock decoder's output projection.
 
-A family's model class builds fairseq's stock model, then calls ``attach_output_layer``; it
-adds nothing else but the flags (and, for LSTMs, fairseq's ``features_only`` convention).
+A family's model class is ``WithOutputLayer`` + fairseq's stock class: it builds the stock
+model, then ``attach_output_layer``; it adds nothing else (but, for LSTMs, fairseq's
+``features_only`` convention).
 """
 
 import dataclasses
@@ -20,6 +21,28 @@ from ..output_layers.base import check_option
 logger = logging.getLogger(__name__)
 
 PRESET_LAYERS = ("mixtape", "mos")  # --arch P_mixtape, --arch P_mos
+
+
+class WithOutputLayer:
+    """Mixin before a stock fairseq model class: its flags plus the output layer's, and its
+    stock build followed by ``attach_output_layer``."""
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        if getattr(cls, "__dataclass", None) is None:  # dataclass models: in their config
+            add_output_layer_args(parser)
+
+    @classmethod
+    def build_model(cls, args, task):
+        model = super().build_model(args, task)
+        attach_output_layer(model.decoder, args, cls.features_dim(model, args))
+        return model
+
+    @staticmethod
+    def features_dim(model, args) -> int:
+        """The size of the decoder features the output layer receives."""
+        return model.decoder.output_embed_dim  # Transformer decoders
 
 
 def add_output_layer_args(parser):
