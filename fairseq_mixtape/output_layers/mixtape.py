@@ -109,22 +109,19 @@ class Mixtape(OutputLayer):
         else:
             # mixed . w_x for x >= S and h_k . w_x for x < S, in one autograd node
             rest, component_logits = SplitProjection.apply(mixed, h, self.weight, S)
-            frequent = self.frequent_logits(features, h, shared_logits,
-                                            component_logits=upcast(component_logits))
+            frequent = self.frequent_logits(features, shared_logits, upcast(component_logits))
             # cat promotes rest (e.g. bfloat16 under autocast) to frequent's float32 in its copy
             logits = torch.cat([frequent, rest], -1)                           # (..., V)
         return logits if self.bias is None else logits + self.bias
 
-    def frequent_logits(self, features, h, shared_logits, component_logits=None) -> torch.Tensor:
+    def frequent_logits(self, features, shared_logits, component_logits) -> torch.Tensor:
         """Token-specific gates for the S frequent tokens: sum_k pi_{x,k} (h_k . w_x), (..., S).
 
-        Computed in a (..., K, S) layout, contiguous along the tokens: the K component logits
-        h_k . w_x (given, or computed here) are one matmul, the K-1 gate logits another, and the
-        sigmoid tree mixes them level by level (``tree_mix``), so no (..., S, K) priors or index
-        gathers are materialised."""
-        K, S = self.components, self.frequent
-        if component_logits is None:
-            component_logits = upcast(torch.matmul(h, self.weight[:S].t()))   # (..., K, S)
+        Computed in a (..., K, S) layout, contiguous along the tokens: given the K component
+        logits h_k . w_x (..., K, S), the K-1 gate logits are one matmul, and the sigmoid tree
+        mixes them level by level (``tree_mix``), so no (..., S, K) priors or index gathers are
+        materialised."""
+        K = self.components
         gate_hidden = torch.tanh(self.gate_hidden(features)).unflatten(-1, (K - 1, self.gate_dim))
         gate_logits = torch.matmul(gate_hidden, self.gate_embed.t())           # (..., K-1, S)
         # + the (float32) shared logits: promotes an autocast dtype to float32 in the same pass
