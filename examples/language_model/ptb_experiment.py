@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Penn Treebank: softmax vs MoS vs Mixtape vs sigsoftmax on the same small Transformer language
+model, the same budget (updates, batch, schedule) and the same seeds.
+
+Steps (each finished one is skipped when the script is run again, so it can be interrupted):
+  prepare  prepare.sh ptb --local DATA: fairseq-preprocess'd PTB in OUT/data-bin
+  train    fairseq-train, one run per (output layer, seed), in OUT/runs/LAYER_seedS/
+  eval     fairseq-eval-lm on valid and test (the training blocks, no extra context)
+  rank     the test log-probability matrix of each checkpoint (fairseq_mixtape.bottleneck):
+           numerical and eps-effective ranks, and one overlaid spectrum plot
+  table    RESULTS_DIR/ptb.md (mean and spread over seeds) and ptb.json (every run)
+
+Everything runs through fairseq's command-line tools with --user-dir fairseq_mixtape, one torch
+thread per process by default (fastest on a small shared CPU). Example (about an hour on 2 cores):
+  python examples/language_model/ptb_experiment.py --data ../shared/data/ptb --out runs/ptb
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from fairseq_mixtape.experiments import Run, format_mean, values_of  # noqa: E402
+from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
+
+LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
+STAGES = ("prepare", "train", "eval", "rank", "table")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared/data/ptb",
+                        help="folder with ptb.{train,valid,test}.txt (Mikolov's PTB)")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/ptb"),
+                        help="work folder: data-bin, runs/, logs")
+    parser.add_argument("--results-dir", type=pathlib.Path,
+                        default=REPO / "examples/language_model/results",
+                        help="where ptb.md, ptb.json and the spectrum plot go")
+    parser.add_argument("--layers", default=",".join(LAYERS), help="output layers to compare")
+    parser.add_argument("--seeds", default="1,2", help="training seeds")
+    parser.add_argument("--stages", default=",".join(STAGES), help="steps to run, in order")
+    parser.add_argument("--dim", type=int, default=256,
+                        help="d: embeddings (tied) and model width")
+    parser.add_argument("--ffn-dim", type=int, default=512)
+    parser.add_argument("--decoder-layers", type=int, default=2)
+    parser.add_argument("--components", type=int, default=4, help="K of MoS and Mixtape")
+    parser.add_argument("--updates", type=int, default=400, help="updates per run")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="blocks of --tokens-per-sample tokens per update")
+    parser.add_argument("--tokens-per-sample", type=int, default=35)
+    parser.add_argument("--lr", type=float, default=0.003,
+                        help="Adam peak learning rate (linear warm-up, then linear decay to 0)")
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--rank-contexts", type=int, default=2000,
+                        help="test contexts (rows) of the log-probability matrix")
+    args = parser.parse_args(argv)
+    args.layers = args.layers.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.stages = args.stages.split(",")
+    unknown = set(args.stages) - set(STAGES)
+    if unknown:
+        parser.error(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    return args
+
+
+def train_arguments(args, layer):
+    arch = "transformer_lm_mos" if layer.startswith("mos") else "transformer_lm_mixtape"
+    layer_args = ["--output-layer", layer]
+    if layer in ("mos", "mixtape", "mos_sigsoftmax"):
+        layer_args += ["--output-components", args.components]
+    return [
+        args.out / "data-bin", "--task", "language_modeling", "--arch", arch, *layer_args,
+        "--decoder-layers", args.decoder_layers, "--decoder-embed-dim", args.dim,
+        "--decoder-ffn-embed-dim", args.ffn_dim, "--decoder-attention-heads", 4,
+        "--share-decoder-input-output-embed", "--dropout", args.dropout,
+        "--criterion", "output_layer_cross_entropy",
+        "--tokens-per-sample", args.tokens_per_sample, "--sample-break-mode", "none",
+        "--batch-size", args.batch_size, "--required-batch-size-multiple", 1,
+        "--max-update", args.updates, "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+        "--lr", args.lr, "--clip-norm", 1.0,
+        "--lr-scheduler", "polynomial_decay", "--warmup-updates", max(1, args.updates // 20),
+        "--total-num-update", args.updates, "--end-learning-rate", 0.0,
+        "--log-interval", max(1, args.updates // 10), "--log-format", "simple",
+        "--disable-validation", "--no-epoch-checkpoints", "--num-workers", 0, "--cpu"]
+
+
+def evaluate(args, run, subset):
+    output = run_tool("eval_lm", [
+        args.out / "data-bin", "--path", run.checkpoint, "--user-dir", PACKAGE_DIR,
+        "--gen-subset", subset, "--tokens-per-sample", args.tokens_per_sample,
+        "--batch-size", 64, "--num-workers", 0, "--cpu"],
+        run.dir / f"eval_{subset}.log", threads=args.threads)
+    loss, perplexity = next(
+        (float(a), float(b)) for line in output.splitlines()[::-1]
+        for a, b in [line.split("Loss (base 2): ")[1].split(", Perplexity: ")]
+        if "Loss (base 2): " in line)
+    return {f"{subset}_loss_base2": loss, f"{subset}_ppl": perplexity}
+
+
+def rank(args, run):
+    from fairseq_mixtape.bottleneck import measure_checkpoint
+    report = measure_checkpoint(run.checkpoint, args.out / "data-bin", subset="test",
+                                max_contexts=args.rank_contexts,
+                                spectrum_path=run.dir / "spectrum.npy")
+    return {"rank": report.summary()}
+
+
+def write_table(args, runs):
+    by_layer = {layer: [r for r in runs if r.layer == layer] for layer in args.layers}
+    softmax_test = values_of(by_layer.get("softmax", []), "test_ppl")
+    softmax_time = values_of(by_layer.get("softmax", []), "train_seconds")
+    lines = [
+        f"PTB, Transformer LM {args.decoder_layers} layers, d = {args.dim} (tied, FFN "
+        f"{args.ffn_dim}), K = {args.components}, "
+        f"{args.updates} updates of {args.batch_size} x {args.tokens_per_sample} tokens, "
+        f"seeds {', '.join(map(str, args.seeds))}; mean ± half the range over seeds.",
+        "",
+        "| output layer | params | valid ppl | test ppl | test vs softmax | train time (s) "
+        "| time vs softmax | rank (numerical / 1e-3 / 1e-4 / 1e-5) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for layer, group in by_layer.items():
+        test = values_of(group, "test_ppl")
+        seconds = values_of(group, "train_seconds")
+        vs = [t / (sum(softmax_test) / len(softmax_test)) * 100 - 100 for t in test] \
+            if softmax_test else []
+        time_ratio = [s / (sum(softmax_time) / len(softmax_time)) for s in seconds] \
+            if softmax_time else []
+        ranks = [r.result["rank"] for r in group if "rank" in r.result]
+        rank_text = "; ".join(
+            f"{x['numerical_rank']} / {x['effective_rank'][0]} / {x['effective_rank'][1]} / "
+            f"{x['effective_rank'][2]}" for x in ranks) or "-"
+        params = group[0].result.get("parameters", "-") if group else "-"
+        lines.append(
+            f"| {layer} | {params:,} | {format_mean(values_of(group, 'valid_ppl'))} "
+            f"| {format_mean(test)} | {format_mean(vs, 1)}% | {format_mean(seconds, 0)} "
+            f"| {format_mean(time_ratio)}x | {rank_text} |")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "ptb.md").write_text("\n".join(lines) + "\n")
+    (args.results_dir / "ptb.json").write_text(json.dumps(
+        {f"{r.layer}_seed{r.seed}": r.result for r in runs}, indent=1, sort_keys=True) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.monotonic()
+    if "prepare" in args.stages:
+        subprocess.run(["bash", str(REPO / "examples/language_model/prepare.sh"), "ptb",
+                        "--local", str(args.data), "--out", str(args.out), "--workers", "2"],
+                       check=True)
+    # interleaved (seed by seed, every layer) so that machine load drifts hit all layers alike
+    runs = [Run(args.out / "runs", layer, seed) for seed in args.seeds for layer in args.layers]
+    for run in runs:
+        if "train" in args.stages:
+            run.step("train_seconds",
+                     lambda: run.train(train_arguments(args, run.layer), args.updates,
+                                       args.threads),
+                     f"fairseq-train ({args.updates} updates)")
+        if "eval" in args.stages:
+            for subset in ("valid", "test"):
+                run.step(f"{subset}_ppl", lambda: evaluate(args, run, subset),
+                         f"fairseq-eval-lm --gen-subset {subset}")
+        if "rank" in args.stages:
+            run.step("rank", lambda: rank(args, run), "log-probability matrix rank")
+    if "table" in args.stages:
+        write_table(args, runs)
+    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

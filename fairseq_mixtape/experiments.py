@@ -1,0 +1,99 @@
+"""What the experiment scripts in ``examples/`` share: one training run per (output layer, seed)
+through the real fairseq command-line tools, each finished step remembered in a JSON file so that
+a rerun skips it, and a table of mean and spread over seeds.
+
+A run directory holds ``train.log`` (fairseq's output), ``checkpoint_last.pt`` and
+``result.json``: everything measured about that run, read from the tools' own output.
+"""
+
+import json
+import math
+import pathlib
+import re
+import statistics
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .runner import PACKAGE_DIR, run_tool, train_progress_printer
+
+__all__ = ["PACKAGE_DIR", "Run", "mean_and_spread", "format_mean", "parse_train_log"]
+
+
+class Run:
+    """One (output layer, seed) training run and what was measured about it."""
+
+    def __init__(self, root: pathlib.Path, layer: str, seed: int):
+        self.layer, self.seed = layer, seed
+        self.dir = root / f"{layer}_seed{seed}"
+        self.result_path = self.dir / "result.json"
+        self.result: Dict = (json.loads(self.result_path.read_text())
+                             if self.result_path.is_file() else {})
+
+    @property
+    def checkpoint(self) -> pathlib.Path:
+        return self.dir / "checkpoint_last.pt"
+
+    def record(self, **values) -> None:
+        self.result.update(values)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.result_path.write_text(json.dumps(self.result, indent=1, sort_keys=True) + "\n")
+
+    def step(self, key: str, compute: Callable[[], Dict], describe: str) -> None:
+        """Run ``compute`` (which returns the values to record) unless ``key`` is recorded."""
+        if key in self.result:
+            print(f"    {self.layer} seed {self.seed}: {describe}: done already", flush=True)
+            return
+        print(f"    {self.layer} seed {self.seed}: {describe}", flush=True)
+        self.record(**compute())
+
+    def train(self, arguments: Sequence, total_updates: int, threads: int) -> Dict:
+        """fairseq-train into this run's directory; returns the training log's numbers."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        output = run_tool("train", [*arguments, "--user-dir", PACKAGE_DIR, "--seed", self.seed,
+                                    "--save-dir", self.dir],
+                          self.dir / "train.log",
+                          train_progress_printer(f"{self.layer} s{self.seed}", total_updates),
+                          threads=threads)
+        return parse_train_log(output)
+
+
+def parse_train_log(output: str) -> Dict:
+    """Parameters, updates, training time and the last validation loss (base 2) in
+    fairseq-train's output. The training time is the sum of fairseq's per-epoch ``train_wall``:
+    its own clock of the training loop, without start-up, validation and checkpointing."""
+    def numbers(pattern: str) -> List[float]:
+        return [float(found.replace(",", "")) for found in re.findall(pattern, output)]
+
+    def last(pattern: str, default=float("nan")) -> float:
+        found = numbers(pattern)
+        return found[-1] if found else default
+
+    epoch_walls = numbers(r"\| train \| epoch \d+ \|.*?\| train_wall ([\d.]+)")
+    return dict(parameters=int(last(r"num\. shared model params: ([\d,]+)", -1)),
+                updates=int(last(r"num_updates[= ](\d+)", -1)),
+                train_seconds=sum(epoch_walls) if epoch_walls else float("nan"),
+                total_seconds=last(r"done training in ([\d.]+) seconds"),
+                valid_loss_base2=last(r"valid on 'valid' subset \| loss ([\d.]+)"))
+
+
+def mean_and_spread(values: Sequence[float]) -> Optional[tuple]:
+    """(mean, half the range) of the finite values; None when there are none."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    return statistics.fmean(values), (max(values) - min(values)) / 2
+
+
+def format_mean(values: Sequence[float], digits: int = 2) -> str:
+    """``mean ± half-range (n)`` for several values, the value alone for one, ``-`` for none."""
+    summary = mean_and_spread(values)
+    if summary is None:
+        return "-"
+    mean, spread = summary
+    count = sum(1 for v in values if v is not None and math.isfinite(v))
+    if count == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def values_of(runs: Sequence[Run], key: str) -> List[float]:
+    return [run.result[key] for run in runs if key in run.result]
