@@ -21,5 +21,9 @@ setup(
         "subword-nmt",
         "sacremoses",
         "tensorboardX",
+        "matplotlib",
     ],
+    entry_points={"console_scripts": [
+        "fairseq-mixtape-bottleneck = fairseq_mixtape.bottleneck:main",
+    ]},
 )

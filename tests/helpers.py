@@ -168,6 +168,24 @@ LAYER_SIZES = ["--output-components", "2", "--mixtape-gate-dim", "4",
                "--mixtape-frequent-tokens", "6"]
 
 
+# fairseq-train flags of the end-to-end tests (in-process fairseq_cli.train.main)
+USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_mixtape")
+TRAIN_FLAGS = ["--user-dir", USER_DIR, "--optimizer", "adam", "--lr", "0.001", "--max-tokens",
+               "400", "--seed", "1", "--no-progress-bar", "--no-epoch-checkpoints",
+               "--log-format", "simple", "--log-interval", "1", "--num-workers", "0"]
+
+
+def fairseq_train(data_dir, family, layer, save_dir, max_update, *extra):
+    """Train a tiny ``family`` model with ``layer`` through fairseq_cli.train.main; returns the
+    loaded checkpoint_last.pt."""
+    from fairseq_cli import train
+
+    args = parse(family, layer, *TRAIN_FLAGS, "--save-dir", str(save_dir), "--max-update",
+                 str(max_update), *extra, data=str(data_dir))
+    train.main(convert_namespace_to_omegaconf(args))
+    return torch.load(save_dir / "checkpoint_last.pt")
+
+
 def tiny_dictionary(num_words: int = 30) -> Dictionary:
     dictionary = Dictionary()
     for i in range(num_words):

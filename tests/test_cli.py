@@ -13,18 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq_cli import eval_lm, generate, train
+from fairseq_cli import eval_lm, generate
 
-from helpers import FAMILIES, LAYERS, make_lm_data, make_mt_data, parse
+from helpers import (FAMILIES, LAYERS, TRAIN_FLAGS, USER_DIR, fairseq_train, make_lm_data,
+                     make_mt_data)
 
-USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_mixtape")
 BIN = Path(sys.executable).parent
-TRAIN_FLAGS = ["--user-dir", USER_DIR, "--optimizer", "adam", "--lr", "0.001", "--max-tokens",
-               "400", "--seed", "1", "--no-progress-bar", "--no-epoch-checkpoints",
-               "--log-format", "simple", "--log-interval", "1", "--num-workers", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +31,6 @@ def data(tmp_path_factory):
 
 def run(parser, main, argv):
     return main(convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, argv)))
-
-
-def fairseq_train(data_dir, family, layer, save_dir, max_update, *extra):
-    args = parse(family, layer, *TRAIN_FLAGS, "--save-dir", str(save_dir), "--max-update",
-                 str(max_update), *extra, data=str(data_dir))
-    train.main(convert_namespace_to_omegaconf(args))
-    return torch.load(save_dir / "checkpoint_last.pt")
 
 
 def fairseq_generate(data_dir, checkpoint, results, *extra):

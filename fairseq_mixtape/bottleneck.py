@@ -1,0 +1,258 @@
+"""Measure the softmax bottleneck of a trained model: the rank of its log-probability matrix.
+
+Stack the model's full log-probability rows ``log p(. | c_i)`` for N contexts of a data split
+into an N x V matrix A (float64 throughout: the model itself runs in float64, so a row is exact
+to ~1e-16, not float32's ~1e-7, which would make every matrix look full rank) and report, from
+its singular values s_1 >= s_2 >= ...:
+
+* the numerical rank: #{i : s_i > s_1 * eps64 * sqrt(N + V + 1) / 2} (Numerical Recipes'
+  threshold, the rounding noise of a float64 matrix of this shape);
+* the eps-effective rank for eps = 1e-3, 1e-4, 1e-5: the smallest k with
+  sum_{i<=k} s_i^2 >= (1 - eps) sum_i s_i^2;
+* the normalised spectrum s_i / s_1 (saved, and plotted with several models overlaid).
+
+A softmax over a d-dimensional hidden state gives log p = H W^T + 1 b^T - lse 1^T: rank at most
+d + 1, or d + 2 with an output bias (Yang et al., ICLR 2018, the "softmax bottleneck"); a
+mixture (MoS, Mixtape) is not bounded so. Rank alone does not predict perplexity: report it beside
+perplexity. Pitfall: a mixture computed in probability space with an epsilon floor
+(log(sum_k pi_k p_k + 1e-8)) looks full rank whatever the model; this package's layers are exact.
+
+    python scripts/bottleneck.py CHECKPOINT [CHECKPOINT ...] --data DATA_BIN --subset test \\
+        --contexts 2000 --plot spectrum.png
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+EPSILONS = (1e-3, 1e-4, 1e-5)
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranks of a matrix
+
+
+def numerical_rank(singular_values: np.ndarray, shape: Sequence[int]) -> int:
+    """Singular values above s_max * eps64 * sqrt(m + n + 1) / 2."""
+    if singular_values.size == 0 or singular_values[0] == 0:
+        return 0
+    tolerance = (singular_values[0] * np.finfo(np.float64).eps
+                 * math.sqrt(shape[0] + shape[1] + 1) / 2)
+    return int((singular_values > tolerance).sum())
+
+
+def effective_rank(singular_values: np.ndarray, eps: float) -> int:
+    """The fewest leading singular values whose squares hold 1 - eps of the total."""
+    if not 0 < eps < 1:
+        raise ValueError(f"eps: got {eps}; allowed: 0 < eps < 1")
+    energy = np.cumsum(singular_values.astype(np.float64) ** 2)
+    if energy.size == 0 or energy[-1] == 0:
+        return 0
+    return int(min(np.searchsorted(energy, (1.0 - eps) * energy[-1]) + 1, energy.size))
+
+
+@dataclasses.dataclass
+class RankReport:
+    """The spectrum of one log-probability (or any) matrix and its ranks."""
+
+    name: str
+    shape: tuple
+    singular_values: np.ndarray             # float64, descending
+    numerical_rank: int
+    effective_ranks: Dict[float, int]       # eps -> eps-effective rank
+    softmax_bound: Optional[int] = None     # d + 1 (+1 with bias) for the model's output layer
+    max_row_error: Optional[float] = None   # max_i |logsumexp_x A[i, x]|: 0 for log-probs
+
+    @classmethod
+    def of(cls, matrix: np.ndarray, name: str = "matrix", softmax_bound: Optional[int] = None,
+           epsilons: Sequence[float] = EPSILONS) -> "RankReport":
+        matrix = np.asarray(matrix)
+        if matrix.dtype != np.float64:
+            raise ValueError(f"{name}: the matrix is {matrix.dtype}; ranks need float64 (float32 "
+                             "rounding alone makes a low-rank matrix look full rank)")
+        if matrix.ndim != 2 or not np.isfinite(matrix).all():
+            raise ValueError(f"{name}: need a finite 2-d matrix, got shape {matrix.shape}"
+                             f"{'' if np.isfinite(matrix).all() else ' with inf/nan entries'}")
+        singular_values = np.linalg.svd(matrix, compute_uv=False)
+        return cls(name, tuple(matrix.shape), singular_values,
+                   numerical_rank(singular_values, matrix.shape),
+                   {eps: effective_rank(singular_values, eps) for eps in epsilons},
+                   softmax_bound)
+
+    def summary(self) -> dict:
+        """JSON-friendly: everything but the spectrum itself."""
+        return dict(name=self.name, rows=self.shape[0], columns=self.shape[1],
+                    numerical_rank=self.numerical_rank,
+                    effective_rank=[self.effective_ranks[e] for e in sorted(
+                        self.effective_ranks, reverse=True)],
+                    epsilons=sorted(self.effective_ranks, reverse=True),
+                    softmax_bound=self.softmax_bound, max_row_error=self.max_row_error)
+
+    def line(self) -> str:
+        effective = ", ".join(f"{self.effective_ranks[e]} (eps {e:g})"
+                              for e in sorted(self.effective_ranks, reverse=True))
+        bound = "" if self.softmax_bound is None else f"; a softmax reaches <= {self.softmax_bound}"
+        return (f"{self.name}: {self.shape[0]} x {self.shape[1]} log-prob matrix: numerical rank "
+                f"{self.numerical_rank}; effective rank {effective}{bound}")
+
+
+# --------------------------------------------------------------------------------------------
+# Log-probability rows of a fairseq checkpoint
+
+
+def load_model(checkpoint: pathlib.Path, data: Optional[pathlib.Path] = None):
+    """(model in float64 eval mode on CPU, task) from a fairseq checkpoint of any family."""
+    from fairseq import checkpoint_utils  # this package is imported: the plugin is registered
+
+    checkpoint = pathlib.Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {checkpoint}")
+    overrides = {"data": str(data)} if data is not None else {}
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(checkpoint)], arg_overrides=overrides)
+    return models[0].double().eval(), task
+
+
+def softmax_bound(model) -> Optional[int]:
+    """d + 1 (+ 1 with an output bias): the most a softmax over this model's output space
+    reaches; None where the model has no fairseq-mixtape output layer."""
+    from .models.wiring import output_layer_of
+
+    try:
+        layer = output_layer_of(model)
+    except ValueError:
+        return None
+    return layer.embed_dim + 1 + (layer.bias is not None)
+
+
+@torch.no_grad()
+def log_prob_rows(model, task, subset: str = "test", max_contexts: int = 2000,
+                  max_tokens: int = 4096) -> np.ndarray:
+    """The first ``max_contexts`` target positions of ``subset`` (in the dataset's order, padding
+    skipped): their full log-probability rows, float64, (N, V)."""
+    task.load_dataset(subset)
+    dataset = task.dataset(subset)
+    batches = task.get_batch_iterator(
+        dataset, max_tokens=max_tokens, max_positions=model.max_positions(),
+        ignore_invalid_inputs=True, required_batch_size_multiple=1, num_workers=0,
+    ).next_epoch_itr(shuffle=False)
+    pad = task.target_dictionary.pad()
+    rows, count = [], 0
+    for sample in batches:
+        if not sample or count >= max_contexts:
+            break
+        net_output = model(**sample["net_input"])
+        if getattr(model.decoder, "adaptive_softmax", None) is not None:
+            log_probs = model.get_normalized_probs(net_output, log_probs=True)
+        else:  # scores: logits, or a mixture's log-probs, which log_softmax leaves as they are
+            log_probs = torch.log_softmax(net_output[0].double(), dim=-1)
+        selected = log_probs[sample["target"] != pad]    # (positions, V)
+        rows.append(selected[:max_contexts - count].double())
+        count += rows[-1].shape[0]
+    if count == 0:
+        raise ValueError(f"--subset {subset}: no target positions")
+    return torch.cat(rows).numpy()
+
+
+def measure_checkpoint(checkpoint, data=None, subset: str = "test", max_contexts: int = 2000,
+                       name: Optional[str] = None,
+                       spectrum_path: Optional[pathlib.Path] = None) -> RankReport:
+    """The RankReport of a checkpoint's log-probability matrix on ``subset``; with
+    ``spectrum_path`` the singular values are also saved there (.npy)."""
+    model, task = load_model(checkpoint, data)
+    matrix = log_prob_rows(model, task, subset, max_contexts)
+    if matrix.shape[0] < min(max_contexts, matrix.shape[1]):
+        logger.warning("%s: only %d contexts in %s (asked for %d): the rank cannot exceed that",
+                       checkpoint, matrix.shape[0], subset, max_contexts)
+    report = RankReport.of(matrix, name or str(checkpoint), softmax_bound(model))
+    report.max_row_error = float(np.abs(np.logaddexp.reduce(matrix, axis=1)).max())
+    if spectrum_path is not None:
+        np.save(spectrum_path, report.singular_values)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# The plot and the command line
+
+
+def plot_spectra(reports: Sequence[RankReport], path: pathlib.Path, title: str = "") -> None:
+    """Normalised singular values s_i / s_1 (log scale) of every report, overlaid; a dotted line
+    at each report's softmax bound d + 1."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger: DEBUG
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for report in reports:
+        spectrum = report.singular_values / report.singular_values[0]
+        line, = ax.plot(np.arange(1, spectrum.size + 1), spectrum,
+                        label=f"{report.name} (rank {report.numerical_rank})")
+        if report.softmax_bound is not None:
+            ax.axvline(report.softmax_bound, color=line.get_color(), ls=":", lw=1)
+    floor = np.finfo(np.float64).eps
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor)
+    ax.set_xlabel("index i of singular value")
+    ax.set_ylabel("s_i / s_1")
+    ax.set_title(title or "log-probability matrix spectrum (dotted: softmax bound d + 1)",
+                 fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fairseq-mixtape-bottleneck",
+        description="Rank of the log-probability matrix of trained fairseq checkpoints (any "
+                    "family, any output layer, fairseq-mixtape or stock): numerical rank, "
+                    "eps-effective ranks and the singular-value spectrum, computed in float64.")
+    parser.add_argument("checkpoints", nargs="+", type=pathlib.Path, help="checkpoint files")
+    parser.add_argument("--data", type=pathlib.Path,
+                        help="binarized data folder (default: the one in the checkpoint)")
+    parser.add_argument("--subset", default="test", help="data split whose contexts are used")
+    parser.add_argument("--contexts", type=int, default=2000,
+                        help="rows: target positions taken in order (more than the vocabulary "
+                             "is pointless: the rank is at most min(rows, V))")
+    parser.add_argument("--names", help="comma-separated labels, one per checkpoint")
+    parser.add_argument("--plot", type=pathlib.Path, help="PNG of the overlaid spectra")
+    parser.add_argument("--json", type=pathlib.Path, help="write the reports here")
+    args = parser.parse_args(argv)
+    if args.contexts < 1:
+        parser.error(f"--contexts: got {args.contexts}; allowed: at least 1")
+    args.names = args.names.split(",") if args.names else [str(c) for c in args.checkpoints]
+    if len(args.names) != len(args.checkpoints):
+        parser.error(f"--names: {len(args.names)} labels for {len(args.checkpoints)} checkpoints")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[RankReport]:
+    args = parse_args(argv)
+    reports = []
+    for checkpoint, name in zip(args.checkpoints, args.names):
+        report = measure_checkpoint(checkpoint, args.data, args.subset, args.contexts, name)
+        print(report.line(), flush=True)
+        reports.append(report)
+    if args.plot:
+        plot_spectra(reports, args.plot)
+        print(f"spectra: {args.plot}")
+    if args.json:
+        args.json.write_text(json.dumps([r.summary() for r in reports], indent=1) + "\n")
+    return reports
+
+
+if __name__ == "__main__":
+    main()
