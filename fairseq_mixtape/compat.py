@@ -7,6 +7,8 @@
 - NumPy 2 removed ``np.compat.long``, ``np.int`` and ``np.float``, which fairseq's data code
   still uses; we restore them as the aliases they always were.
 - fairseq's torchrun set-up divides by the number of GPUs; on CPU it uses device 0 instead.
+- Precision flags fairseq cannot honour on this machine fail at once with what to use instead,
+  not deep in fairseq's trainer (``--bf16`` means TPU in fairseq 0.12; ``--fp16`` needs CUDA).
 """
 
 import argparse
@@ -74,7 +76,44 @@ def allow_cpu_torchrun():
     distributed_utils._infer_torch_distributed_launch_init = infer
 
 
+def check_precision_flags(common) -> None:
+    """A ValueError naming the flag where fairseq would crash on it: ``--bf16`` (fairseq 0.12
+    implements it for TPUs only: it sets ``--tpu`` and calls torch_xla) and ``--fp16`` without a
+    CUDA device (fairseq's FP16Optimizer keeps its float32 master copy on ``cuda``)."""
+    import importlib.util
+
+    if common.bf16 and importlib.util.find_spec("torch_xla") is None:
+        raise ValueError(
+            "--bf16: fairseq 0.12 trains in bfloat16 only on TPUs (--bf16 implies --tpu and needs "
+            "torch_xla, not installed here). On a GPU use --fp16 or --amp; on CPU, "
+            "--memory-efficient-fp16 (float16 weights) or float32. The output layers keep their "
+            "normalisation in float32 under any of them.")
+    on_cpu = common.cpu or not torch.cuda.is_available()
+    if common.fp16 and not common.memory_efficient_fp16 and on_cpu:
+        raise ValueError(
+            "--fp16: fairseq's FP16 optimizer needs a CUDA device (none is used here: "
+            f"{'--cpu is set' if common.cpu else 'torch sees no GPU'}). On CPU use "
+            "--memory-efficient-fp16, or train in float32.")
+
+
+def check_precision_before_training():
+    """Run check_precision_flags when fairseq-train builds its Trainer."""
+    from fairseq import trainer
+
+    init = trainer.Trainer.__init__
+    if getattr(init, "precision_checked", False):
+        return
+
+    def checked_init(self, cfg, *args, **kwargs):
+        check_precision_flags(cfg.common)
+        init(self, cfg, *args, **kwargs)
+
+    checked_init.precision_checked = True
+    trainer.Trainer.__init__ = checked_init
+
+
 def apply():
     allow_fairseq_checkpoints()
     restore_numpy_aliases()
     allow_cpu_torchrun()
+    check_precision_before_training()
