@@ -24,6 +24,6 @@ setup(
         "matplotlib",
     ],
     entry_points={"console_scripts": [
-        "fairseq-mixtape-bottleneck = fairseq_mixtape.bottleneck:main",
+        "fairseq-mixtape-bottleneck = fairseq_mixtape.bottleneck:cli",
     ]},
 )

@@ -254,5 +254,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[RankReport]:
     return reports
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (its return value would become the exit status)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -2,6 +2,9 @@
 trained checkpoints of all four families."""
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -120,3 +123,14 @@ def test_bad_arguments_name_the_flag(tmp_path):
         main([str(tmp_path / "x.pt"), "--contexts", "0"])
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         main([str(tmp_path / "missing.pt")])
+
+
+def test_console_script(checkpoints, tmp_path):
+    """The installed fairseq-mixtape-bottleneck: exit status 0 and the report line."""
+    checkpoint, data = checkpoints["transformer_lm"]
+    script = pathlib.Path(sys.executable).parent / "fairseq-mixtape-bottleneck"
+    done = subprocess.run([str(script), str(checkpoint), "--data", str(data), "--subset",
+                           "valid", "--contexts", "20", "--names", "lm"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "lm: 20 x" in done.stdout and "numerical rank" in done.stdout

@@ -281,6 +281,8 @@ def test_half_precision_inputs_normalise_in_float32(name, dtype):
     (dict(output_layer="mixtape", mixtape_frequent_tokens=-0.1), "--mixtape-frequent-tokens", "fraction"),
     (dict(output_layer="mixtape", mixtape_gate_dim=0), "--mixtape-gate-dim", "integer >= 1"),
     (dict(output_layer="mos", mos_context_dropout=1.0), "--mos-context-dropout", "[0, 1)"),
+    (dict(output_layer="mos", mos_context_dropout=-0.1), "--mos-context-dropout", "[0, 1)"),
+    (dict(output_layer="mos_sigsoftmax", mos_context_dropout=float("nan")), "--mos-context-dropout", "[0, 1)"),
 ])
 def test_bad_configuration_names_the_option(options, flag, allowed):
     with pytest.raises(ValueError) as error:

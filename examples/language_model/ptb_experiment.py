@@ -77,7 +77,9 @@ def train_arguments(args, layer):
         layer_args += ["--output-components", args.components]
     return [
         args.out / "data-bin", "--task", "language_modeling", "--arch", arch, *layer_args,
+        # (transformer_lm leaves the input/output dims at 512 unless they are set)
         "--decoder-layers", args.decoder_layers, "--decoder-embed-dim", args.dim,
+        "--decoder-input-dim", args.dim, "--decoder-output-dim", args.dim,
         "--decoder-ffn-embed-dim", args.ffn_dim, "--decoder-attention-heads", 4,
         "--share-decoder-input-output-embed", "--dropout", args.dropout,
         "--criterion", "output_layer_cross_entropy",

@@ -49,17 +49,19 @@ def parse_args(argv=None):
                         help="where multi30k.md and multi30k.json go")
     parser.add_argument("--layers", default=",".join(LAYERS), help="output layers to compare")
     parser.add_argument("--seeds", default="1,2", help="training seeds")
+    parser.add_argument("--mos-seeds", default="1",
+                        help="seeds of the MoS runs (each costs about K softmax runs here)")
     parser.add_argument("--stages", default=",".join(STAGES), help="steps to run, in order")
     parser.add_argument("--vocab-size", type=int, default=8000,
                         help="joint sentencepiece BPE vocabulary")
-    parser.add_argument("--dim", type=int, default=256, help="d: embeddings and model width")
+    parser.add_argument("--dim", type=int, default=128, help="d: embeddings and model width")
     parser.add_argument("--ffn-dim", type=int, default=512)
     parser.add_argument("--layers-per-stack", type=int, default=3,
                         help="encoder layers = decoder layers")
     parser.add_argument("--components", type=int, default=4, help="K of MoS and Mixtape")
-    parser.add_argument("--updates", type=int, default=250, help="updates per run")
+    parser.add_argument("--updates", type=int, default=400, help="updates per run")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch")
-    parser.add_argument("--lr", type=float, default=0.0015,
+    parser.add_argument("--lr", type=float, default=0.002,
                         help="Adam peak learning rate (linear warm-up, then linear decay to 0)")
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--beam", type=int, default=5)
@@ -69,6 +71,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.layers = args.layers.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.mos_seeds = [int(s) for s in args.mos_seeds.split(",")]
     args.stages = args.stages.split(",")
     unknown = set(args.stages) - set(STAGES)
     if unknown:
@@ -117,7 +120,8 @@ def train_arguments(args, layer):
     model = []
     for side in ("encoder", "decoder"):
         model += [f"--{side}-layers", args.layers_per_stack, f"--{side}-embed-dim", args.dim,
-                  f"--{side}-ffn-embed-dim", args.ffn_dim, f"--{side}-attention-heads", 4]
+                  f"--{side}-ffn-embed-dim", args.ffn_dim, f"--{side}-attention-heads", 4,
+                  f"--{side}-normalize-before"]  # pre-norm: stable at a short warm-up
     return [
         args.out / "data-bin", "--task", "translation", "--source-lang", "en",
         "--target-lang", "de", "--arch", arch, *layer_args, *model, "--share-all-embeddings",
@@ -135,7 +139,8 @@ def generate(args, run):
     output = run_tool("generate", [
         args.out / "data-bin", "--path", run.checkpoint, "--user-dir", PACKAGE_DIR,
         "--task", "translation", "--source-lang", "en", "--target-lang", "de",
-        "--gen-subset", "test", "--beam", args.beam, "--batch-size", 64,
+        "--gen-subset", "test", "--beam", args.beam, "--max-len-a", 1.5, "--max-len-b", 10,
+        "--batch-size", 64,
         "--required-batch-size-multiple", 1, "--remove-bpe", "sentencepiece",
         "--num-workers", 0, "--cpu"], run.dir / "generate_test.log", threads=args.threads)
     hypotheses = dict((int(i), text) for i, text in
@@ -148,9 +153,10 @@ def generate(args, run):
         "".join(hypotheses[i] + "\n" for i in range(len(references))))
     import sacrebleu
 
-    bleu = sacrebleu.corpus_bleu([hypotheses[i] for i in range(len(references))], [references])
-    signature = str(sacrebleu.BLEU().get_signature())
-    return {"test_bleu": bleu.score, "bleu_signature": signature}
+    metric = sacrebleu.BLEU()
+    bleu = metric.corpus_score([hypotheses[i] for i in range(len(references))], [references])
+    return {"test_bleu": bleu.score, "bleu": str(bleu),
+            "bleu_signature": str(metric.get_signature())}
 
 
 def rank(args, run):
@@ -171,7 +177,8 @@ def write_table(args, runs):
         f"Multi30k En-De, Transformer {args.layers_per_stack}+{args.layers_per_stack} layers, "
         f"d = {args.dim} (FFN {args.ffn_dim}, all embeddings shared), joint sentencepiece BPE "
         f"{args.vocab_size}, K = {args.components}, {args.updates} updates of <= "
-        f"{args.max_tokens} tokens, beam {args.beam}; seeds {', '.join(map(str, args.seeds))}; "
+        f"{args.max_tokens} tokens, beam {args.beam}; seeds {', '.join(map(str, args.seeds))} "
+        f"(MoS: {', '.join(map(str, args.mos_seeds))}); "
         f"mean ± half the range over seeds. SacreBLEU {signature}.",
         "",
         "| output layer | params | test BLEU | vs softmax | train time (s) | time vs softmax "
@@ -202,8 +209,12 @@ def main(argv=None):
     started = time.monotonic()
     if "prepare" in args.stages:
         prepare(args)
-    # interleaved (seed by seed, every layer) so that machine load drifts hit all layers alike
-    runs = [Run(args.out / "runs", layer, seed) for seed in args.seeds for layer in args.layers]
+    # interleaved (seed by seed, every layer) so that machine load drifts hit all layers alike;
+    # the expensive MoS runs last
+    runs = [Run(args.out / "runs", layer, seed) for seed in args.seeds for layer in args.layers
+            if not layer.startswith("mos")]
+    runs += [Run(args.out / "runs", layer, seed) for seed in args.mos_seeds
+             for layer in args.layers if layer.startswith("mos")]
     for run in runs:
         if "train" in args.stages:
             run.step("train_seconds",
