@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .runner import PACKAGE_DIR, run_tool, train_progress_printer
 
-__all__ = ["PACKAGE_DIR", "Run", "mean_and_spread", "format_mean", "parse_train_log"]
+__all__ = ["PACKAGE_DIR", "Run", "mean_and_spread", "format_mean", "parse_train_log",
+           "values_of", "relative_to", "rank_cell", "plot_run_spectra"]
 
 
 class Run:
@@ -68,11 +69,12 @@ def parse_train_log(output: str) -> Dict:
         return found[-1] if found else default
 
     epoch_walls = numbers(r"\| train \| epoch \d+ \|.*?\| train_wall ([\d.]+)")
-    return dict(parameters=int(last(r"num\. shared model params: ([\d,]+)", -1)),
-                updates=int(last(r"num_updates[= ](\d+)", -1)),
-                train_seconds=sum(epoch_walls) if epoch_walls else float("nan"),
-                total_seconds=last(r"done training in ([\d.]+) seconds"),
-                valid_loss_base2=last(r"valid on 'valid' subset \| loss ([\d.]+)"))
+    found = dict(parameters=int(last(r"num\. shared model params: ([\d,]+)", -1)),
+                 updates=int(last(r"num_updates[= ](\d+)", -1)),
+                 train_seconds=sum(epoch_walls) if epoch_walls else float("nan"),
+                 total_seconds=last(r"done training in ([\d.]+) seconds"),
+                 valid_loss_base2=last(r"valid on 'valid' subset \| loss ([\d.]+)"))
+    return {key: value for key, value in found.items() if math.isfinite(value)}
 
 
 def mean_and_spread(values: Sequence[float]) -> Optional[tuple]:
@@ -97,3 +99,47 @@ def format_mean(values: Sequence[float], digits: int = 2) -> str:
 
 def values_of(runs: Sequence[Run], key: str) -> List[float]:
     return [run.result[key] for run in runs if key in run.result]
+
+
+def relative_to(values: Sequence[float], baseline: Sequence[float], percent=False) -> List[float]:
+    """Each value over the baseline's mean (a ratio, or a change in percent)."""
+    reference = statistics.fmean(baseline) if baseline else 0.0
+    if not reference > 0:  # none, or too short to be timed (fairseq rounds to seconds)
+        return []
+    return [(v / reference - 1) * 100 if percent else v / reference for v in values]
+
+
+def rank_cell(runs: Sequence[Run]) -> str:
+    """``numerical / eps-effective ranks`` of each run (seeds separated by ``;``)."""
+    return "; ".join(
+        f"{rank['numerical_rank']} / " + " / ".join(map(str, rank["effective_rank"]))
+        for rank in (run.result["rank"] for run in runs if "rank" in run.result)) or "-"
+
+
+def measure_rank(run: Run, data_bin: pathlib.Path, contexts: int) -> Dict:
+    """The bottleneck diagnostic on the run's checkpoint and the test split; the spectrum is
+    saved beside it (spectrum.npy) for plot_run_spectra."""
+    from .bottleneck import measure_checkpoint
+
+    report = measure_checkpoint(run.checkpoint, data_bin, subset="test", max_contexts=contexts,
+                                name=run.layer, spectrum_path=run.dir / "spectrum.npy")
+    return {"rank": report.summary()}
+
+
+def plot_run_spectra(runs: Sequence[Run], path: pathlib.Path, title: str) -> None:
+    """One plot of the spectra of the runs that have one (bottleneck.plot_spectra)."""
+    import numpy as np
+
+    from .bottleneck import RankReport, plot_spectra
+
+    reports = []
+    for run in runs:
+        spectrum = run.dir / "spectrum.npy"
+        if "rank" in run.result and spectrum.is_file():
+            rank = run.result["rank"]
+            reports.append(RankReport(
+                f"{run.layer} (seed {run.seed})", (rank["rows"], rank["columns"]),
+                np.load(spectrum), rank["numerical_rank"],
+                dict(zip(rank["epsilons"], rank["effective_rank"])), rank["softmax_bound"]))
+    if reports:
+        plot_spectra(reports, path, title)

@@ -25,7 +25,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from fairseq_mixtape.experiments import Run, format_mean, values_of  # noqa: E402
+from fairseq_mixtape.experiments import (  # noqa: E402
+    Run, format_mean, measure_rank, plot_run_spectra, rank_cell, relative_to, values_of)
 from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
@@ -106,18 +107,9 @@ def evaluate(args, run, subset):
     return {f"{subset}_loss_base2": loss, f"{subset}_ppl": perplexity}
 
 
-def rank(args, run):
-    from fairseq_mixtape.bottleneck import measure_checkpoint
-    report = measure_checkpoint(run.checkpoint, args.out / "data-bin", subset="test",
-                                max_contexts=args.rank_contexts,
-                                spectrum_path=run.dir / "spectrum.npy")
-    return {"rank": report.summary()}
-
-
 def write_table(args, runs):
     by_layer = {layer: [r for r in runs if r.layer == layer] for layer in args.layers}
-    softmax_test = values_of(by_layer.get("softmax", []), "test_ppl")
-    softmax_time = values_of(by_layer.get("softmax", []), "train_seconds")
+    softmax = by_layer.get("softmax", [])
     lines = [
         f"PTB, Transformer LM {args.decoder_layers} layers, d = {args.dim} (tied, FFN "
         f"{args.ffn_dim}), K = {args.components}, "
@@ -128,25 +120,23 @@ def write_table(args, runs):
         "| time vs softmax | rank (numerical / 1e-3 / 1e-4 / 1e-5) |",
         "|---|---:|---:|---:|---:|---:|---:|---|"]
     for layer, group in by_layer.items():
-        test = values_of(group, "test_ppl")
-        seconds = values_of(group, "train_seconds")
-        vs = [t / (sum(softmax_test) / len(softmax_test)) * 100 - 100 for t in test] \
-            if softmax_test else []
-        time_ratio = [s / (sum(softmax_time) / len(softmax_time)) for s in seconds] \
-            if softmax_time else []
-        ranks = [r.result["rank"] for r in group if "rank" in r.result]
-        rank_text = "; ".join(
-            f"{x['numerical_rank']} / {x['effective_rank'][0]} / {x['effective_rank'][1]} / "
-            f"{x['effective_rank'][2]}" for x in ranks) or "-"
-        params = group[0].result.get("parameters", "-") if group else "-"
+        test, seconds = values_of(group, "test_ppl"), values_of(group, "train_seconds")
+        params = group[0].result.get("parameters", -1) if group else -1
         lines.append(
             f"| {layer} | {params:,} | {format_mean(values_of(group, 'valid_ppl'))} "
-            f"| {format_mean(test)} | {format_mean(vs, 1)}% | {format_mean(seconds, 0)} "
-            f"| {format_mean(time_ratio)}x | {rank_text} |")
+            f"| {format_mean(test)} "
+            f"| {format_mean(relative_to(test, values_of(softmax, 'test_ppl'), True), 1)}% "
+            f"| {format_mean(seconds, 0)} "
+            f"| {format_mean(relative_to(seconds, values_of(softmax, 'train_seconds')))}x "
+            f"| {rank_cell(group)} |")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "ptb.md").write_text("\n".join(lines) + "\n")
     (args.results_dir / "ptb.json").write_text(json.dumps(
         {f"{r.layer}_seed{r.seed}": r.result for r in runs}, indent=1, sort_keys=True) + "\n")
+    plot_run_spectra([r for r in runs if r.seed == args.seeds[0]],
+                     args.results_dir / "ptb_spectra.png",
+                     f"PTB test log-prob matrix ({args.rank_contexts} contexts), seed "
+                     f"{args.seeds[0]}; dotted: d + 1")
     print("\n".join(lines), flush=True)
 
 
@@ -170,7 +160,8 @@ def main(argv=None):
                 run.step(f"{subset}_ppl", lambda: evaluate(args, run, subset),
                          f"fairseq-eval-lm --gen-subset {subset}")
         if "rank" in args.stages:
-            run.step("rank", lambda: rank(args, run), "log-probability matrix rank")
+            run.step("rank", lambda: measure_rank(run, args.out / "data-bin", args.rank_contexts),
+                     "log-probability matrix rank")
     if "table" in args.stages:
         write_table(args, runs)
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)

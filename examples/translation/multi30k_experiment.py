@@ -19,16 +19,19 @@ thread per process by default. Example (about an hour on 2 cores):
 
 import argparse
 import json
+import math
 import pathlib
 import re
 import shutil
+import statistics
 import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from fairseq_mixtape.experiments import Run, format_mean, values_of  # noqa: E402
+from fairseq_mixtape.experiments import (  # noqa: E402
+    Run, format_mean, measure_rank, plot_run_spectra, rank_cell, relative_to, values_of)
 from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "mos")
@@ -159,18 +162,9 @@ def generate(args, run):
             "bleu_signature": str(metric.get_signature())}
 
 
-def rank(args, run):
-    from fairseq_mixtape.bottleneck import measure_checkpoint
-    report = measure_checkpoint(run.checkpoint, args.out / "data-bin", subset="test",
-                                max_contexts=args.rank_contexts,
-                                spectrum_path=run.dir / "spectrum.npy")
-    return {"rank": report.summary()}
-
-
 def write_table(args, runs):
     by_layer = {layer: [r for r in runs if r.layer == layer] for layer in args.layers}
-    softmax_time = values_of(by_layer.get("softmax", []), "train_seconds")
-    softmax_bleu = values_of(by_layer.get("softmax", []), "test_bleu")
+    softmax = by_layer.get("softmax", [])
     signature = next((r.result["bleu_signature"] for r in runs if "bleu_signature" in r.result),
                      "-")
     lines = [
@@ -185,22 +179,22 @@ def write_table(args, runs):
         "| rank (numerical / 1e-3 / 1e-4 / 1e-5) |",
         "|---|---:|---:|---:|---:|---:|---|"]
     for layer, group in by_layer.items():
-        bleu = values_of(group, "test_bleu")
-        seconds = values_of(group, "train_seconds")
-        vs = [b - sum(softmax_bleu) / len(softmax_bleu) for b in bleu] if softmax_bleu else []
-        time_ratio = [s / (sum(softmax_time) / len(softmax_time)) for s in seconds] \
-            if softmax_time else []
-        ranks = [r.result["rank"] for r in group if "rank" in r.result]
-        rank_text = "; ".join(
-            f"{x['numerical_rank']} / {x['effective_rank'][0]} / {x['effective_rank'][1]} / "
-            f"{x['effective_rank'][2]}" for x in ranks) or "-"
-        params = group[0].result.get("parameters", "-") if group else "-"
-        lines.append(f"| {layer} | {params:,} | {format_mean(bleu)} | {format_mean(vs)} "
-                     f"| {format_mean(seconds, 0)} | {format_mean(time_ratio)}x | {rank_text} |")
+        bleu, seconds = values_of(group, "test_bleu"), values_of(group, "train_seconds")
+        softmax_bleu = statistics.fmean(values_of(softmax, "test_bleu") or [math.nan])
+        params = group[0].result.get("parameters", -1) if group else -1
+        lines.append(f"| {layer} | {params:,} | {format_mean(bleu)} "
+                     f"| {format_mean([b - softmax_bleu for b in bleu])} "
+                     f"| {format_mean(seconds, 0)} "
+                     f"| {format_mean(relative_to(seconds, values_of(softmax, 'train_seconds')))}x "
+                     f"| {rank_cell(group)} |")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "multi30k.md").write_text("\n".join(lines) + "\n")
     (args.results_dir / "multi30k.json").write_text(json.dumps(
         {f"{r.layer}_seed{r.seed}": r.result for r in runs}, indent=1, sort_keys=True) + "\n")
+    plot_run_spectra([r for r in runs if r.seed == args.seeds[0]],
+                     args.results_dir / "multi30k_spectra.png",
+                     f"Multi30k test log-prob matrix ({args.rank_contexts} target positions), "
+                     f"seed {args.seeds[0]}; dotted: d + 1")
     print("\n".join(lines), flush=True)
 
 
@@ -224,7 +218,8 @@ def main(argv=None):
         if "generate" in args.stages:
             run.step("test_bleu", lambda: generate(args, run), "fairseq-generate + sacrebleu")
         if "rank" in args.stages:
-            run.step("rank", lambda: rank(args, run), "log-probability matrix rank")
+            run.step("rank", lambda: measure_rank(run, args.out / "data-bin", args.rank_contexts),
+                     "log-probability matrix rank")
     if "table" in args.stages:
         write_table(args, runs)
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
