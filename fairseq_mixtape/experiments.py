@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .runner import PACKAGE_DIR, run_tool, train_progress_printer
 
-__all__ = ["PACKAGE_DIR", "Run", "mean_and_spread", "format_mean", "parse_train_log",
+__all__ = ["PACKAGE_DIR", "Run", "plan_runs", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra"]
 
 
@@ -55,6 +55,17 @@ class Run:
                           train_progress_printer(f"{self.layer} s{self.seed}", total_updates),
                           threads=threads)
         return parse_train_log(output)
+
+
+def plan_runs(root: pathlib.Path, layers: Sequence[str], seeds: Sequence[int],
+              mos_seeds: Sequence[int]) -> List[Run]:
+    """Seed by seed, every layer (so that drifts in machine load hit all layers alike); the MoS
+    layers, which cost about K softmaxes each, run last and only for ``mos_seeds``."""
+    is_mos = [layer.startswith("mos") for layer in layers]
+    return ([Run(root, layer, seed) for seed in seeds
+             for layer, mos in zip(layers, is_mos) if not mos]
+            + [Run(root, layer, seed) for seed in mos_seeds
+               for layer, mos in zip(layers, is_mos) if mos])
 
 
 def parse_train_log(output: str) -> Dict:

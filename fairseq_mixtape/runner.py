@@ -30,6 +30,7 @@ def run_tool(tool: str, arguments: Sequence[str], log_path: pathlib.Path,
         log.write(" ".join(command) + "\n")
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # a live log, for long runs
             lines.append(line)
             if on_line:
                 on_line(line)

@@ -44,6 +44,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cpu", action="store_true", help="train on CPU even with a GPU")
+    parser.add_argument("--check-only", action="store_true",
+                        help="no training: check OUT/train.log and the checkpoints saved so far "
+                             "(a run that was stopped or preempted)")
     args = parser.parse_args(argv)
     if not (args.data_bin / "dict.txt").is_file():
         parser.error(f"--data-bin: {args.data_bin} has no dict.txt (not binarized LM data)")
@@ -85,8 +88,8 @@ def main(argv=None) -> int:
     started = time.monotonic()
     failures = []
     try:
-        output = train(args)
-    except CommandFailed as error:
+        output = (args.out / "train.log").read_text() if args.check_only else train(args)
+    except (CommandFailed, FileNotFoundError) as error:
         print(error)
         return 1
     losses = [float(x) for x in re.findall(r"train_inner .*? loss=([^,]+),", output)]
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
           f"{losses[-1] if losses else '-'}; {skipped} overflowing steps skipped by the loss "
           f"scaler", failures)
     updates = re.findall(r"num_updates=(\d+)", output)
-    check("updates", bool(updates) and int(updates[-1]) == args.updates,
+    check("updates", bool(updates) and (args.check_only or int(updates[-1]) == args.updates),
           f"{updates[-1] if updates else 0} of {args.updates}", failures)
     for checkpoint in sorted((args.out / "checkpoints").glob("checkpoint_*_*.pt")):
         try:

@@ -26,7 +26,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from fairseq_mixtape.experiments import (  # noqa: E402
-    Run, format_mean, measure_rank, plot_run_spectra, rank_cell, relative_to, values_of)
+    format_mean, measure_rank, plan_runs, plot_run_spectra, rank_cell, relative_to, values_of)
 from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
@@ -45,9 +45,14 @@ def parse_args(argv=None):
                         help="where ptb.md, ptb.json and the spectrum plot go")
     parser.add_argument("--layers", default=",".join(LAYERS), help="output layers to compare")
     parser.add_argument("--seeds", default="1,2", help="training seeds")
+    parser.add_argument("--mos-seeds", default="1",
+                        help="seeds of the MoS runs (each costs about K softmax runs here)")
     parser.add_argument("--stages", default=",".join(STAGES), help="steps to run, in order")
     parser.add_argument("--dim", type=int, default=256,
-                        help="d: embeddings (tied) and model width")
+                        help="d: the Transformer's width, so the rank a softmax reaches (d + 1)")
+    parser.add_argument("--embed-dim", type=int, default=512,
+                        help="tied input/output embeddings (transformer_lm's default input and "
+                             "output dims; projected to and from --dim)")
     parser.add_argument("--ffn-dim", type=int, default=512)
     parser.add_argument("--decoder-layers", type=int, default=2)
     parser.add_argument("--components", type=int, default=4, help="K of MoS and Mixtape")
@@ -64,6 +69,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.layers = args.layers.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.mos_seeds = [int(s) for s in args.mos_seeds.split(",")]
     args.stages = args.stages.split(",")
     unknown = set(args.stages) - set(STAGES)
     if unknown:
@@ -78,9 +84,8 @@ def train_arguments(args, layer):
         layer_args += ["--output-components", args.components]
     return [
         args.out / "data-bin", "--task", "language_modeling", "--arch", arch, *layer_args,
-        # (transformer_lm leaves the input/output dims at 512 unless they are set)
         "--decoder-layers", args.decoder_layers, "--decoder-embed-dim", args.dim,
-        "--decoder-input-dim", args.dim, "--decoder-output-dim", args.dim,
+        "--decoder-input-dim", args.embed_dim, "--decoder-output-dim", args.embed_dim,
         "--decoder-ffn-embed-dim", args.ffn_dim, "--decoder-attention-heads", 4,
         "--share-decoder-input-output-embed", "--dropout", args.dropout,
         "--criterion", "output_layer_cross_entropy",
@@ -111,10 +116,11 @@ def write_table(args, runs):
     by_layer = {layer: [r for r in runs if r.layer == layer] for layer in args.layers}
     softmax = by_layer.get("softmax", [])
     lines = [
-        f"PTB, Transformer LM {args.decoder_layers} layers, d = {args.dim} (tied, FFN "
-        f"{args.ffn_dim}), K = {args.components}, "
+        f"PTB, Transformer LM {args.decoder_layers} layers of width d = {args.dim} (FFN "
+        f"{args.ffn_dim}), tied {args.embed_dim}-d embeddings, K = {args.components}, "
         f"{args.updates} updates of {args.batch_size} x {args.tokens_per_sample} tokens, "
-        f"seeds {', '.join(map(str, args.seeds))}; mean ± half the range over seeds.",
+        f"seeds {', '.join(map(str, args.seeds))} (MoS: {', '.join(map(str, args.mos_seeds))}); "
+        f"mean ± half the range over seeds.",
         "",
         "| output layer | params | valid ppl | test ppl | test vs softmax | train time (s) "
         "| time vs softmax | rank (numerical / 1e-3 / 1e-4 / 1e-5) |",
@@ -147,8 +153,7 @@ def main(argv=None):
         subprocess.run(["bash", str(REPO / "examples/language_model/prepare.sh"), "ptb",
                         "--local", str(args.data), "--out", str(args.out), "--workers", "2"],
                        check=True)
-    # interleaved (seed by seed, every layer) so that machine load drifts hit all layers alike
-    runs = [Run(args.out / "runs", layer, seed) for seed in args.seeds for layer in args.layers]
+    runs = plan_runs(args.out / "runs", args.layers, args.seeds, args.mos_seeds)
     for run in runs:
         if "train" in args.stages:
             run.step("train_seconds",

@@ -31,7 +31,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from fairseq_mixtape.experiments import (  # noqa: E402
-    Run, format_mean, measure_rank, plot_run_spectra, rank_cell, relative_to, values_of)
+    format_mean, measure_rank, plan_runs, plot_run_spectra, rank_cell, relative_to, values_of)
 from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "mos")
@@ -203,12 +203,7 @@ def main(argv=None):
     started = time.monotonic()
     if "prepare" in args.stages:
         prepare(args)
-    # interleaved (seed by seed, every layer) so that machine load drifts hit all layers alike;
-    # the expensive MoS runs last
-    runs = [Run(args.out / "runs", layer, seed) for seed in args.seeds for layer in args.layers
-            if not layer.startswith("mos")]
-    runs += [Run(args.out / "runs", layer, seed) for seed in args.mos_seeds
-             for layer in args.layers if layer.startswith("mos")]
+    runs = plan_runs(args.out / "runs", args.layers, args.seeds, args.mos_seeds)
     for run in runs:
         if "train" in args.stages:
             run.step("train_seconds",
