@@ -123,14 +123,22 @@ def load_model(checkpoint: pathlib.Path, data: Optional[pathlib.Path] = None):
 
 def softmax_bound(model) -> Optional[int]:
     """d + 1 (+ 1 with an output bias): the most a softmax over this model's output space
-    reaches; None where the model has no fairseq-mixtape output layer."""
+    reaches, d being the narrowest width between the decoder's last layer and the output
+    embedding (a decoder that projects its state up, like transformer_lm with a wider
+    --decoder-output-dim, or an LSTM's additional_fc, adds no rank); None where the model has
+    no fairseq-mixtape output layer."""
     from .models.wiring import output_layer_of
 
     try:
         layer = output_layer_of(model)
     except ValueError:
         return None
-    return layer.embed_dim + 1 + (layer.bias is not None)
+    width = layer.embed_dim
+    for projection in ("project_out_dim", "additional_fc"):
+        linear = getattr(model.decoder, projection, None)
+        if isinstance(linear, torch.nn.Linear):
+            width = min(width, linear.in_features)
+    return width + 1 + (layer.bias is not None)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ thread per process by default (fastest on a small shared CPU). Example (about an
 
 import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -150,9 +151,12 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.monotonic()
     if "prepare" in args.stages:
+        # prepare.sh calls fairseq-preprocess: the one of this Python's environment, activated
+        # or not
+        path = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         subprocess.run(["bash", str(REPO / "examples/language_model/prepare.sh"), "ptb",
                         "--local", str(args.data), "--out", str(args.out), "--workers", "2"],
-                       check=True)
+                       check=True, env=dict(os.environ, PATH=path))
     runs = plan_runs(args.out / "runs", args.layers, args.seeds, args.mos_seeds)
     for run in runs:
         if "train" in args.stages:
