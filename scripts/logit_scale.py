@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The scale of each output layer's log-probabilities at initialisation, on the same network: their
 standard deviation over the vocabulary at each position (for a softmax, that of its logits),
-averaged over a batch of random token sequences, and the mean largest log-probability. A mixture's context vectors tanh(H_k g +
-e_k) are bounded, so its initial logits can be much smaller than a softmax's over the
-layer-normed state g, which slows early training (RESULTS.md).
+averaged over a batch of random token sequences, and the mean largest log-probability. A
+mixture's context vectors tanh(H_k g + e_k) are bounded, so its initial logits can be much
+smaller than a softmax's over the layer-normed state g, which may slow early training (RESULTS.md).
 
     python scripts/logit_scale.py DATA_BIN --layers softmax,mixtape,mos -- \\
         --task language_modeling --arch transformer_lm_mixtape --decoder-layers 2 ...

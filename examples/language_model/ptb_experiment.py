@@ -128,9 +128,10 @@ def write_table(args, runs):
         "|---|---:|---:|---:|---:|---:|---:|---|"]
     for layer, group in by_layer.items():
         test, seconds = values_of(group, "test_ppl"), values_of(group, "train_seconds")
-        params = group[0].result.get("parameters", -1) if group else -1
+        params = values_of(group, "parameters")
+        params = f"{int(params[0]):,}" if params else "-"
         lines.append(
-            f"| {layer} | {params:,} | {format_mean(values_of(group, 'valid_ppl'))} "
+            f"| {layer} | {params} | {format_mean(values_of(group, 'valid_ppl'))} "
             f"| {format_mean(test)} "
             f"| {format_mean(relative_to(test, values_of(softmax, 'test_ppl'), True), 1)}% "
             f"| {format_mean(seconds, 0)} "

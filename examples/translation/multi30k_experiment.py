@@ -181,8 +181,9 @@ def write_table(args, runs):
     for layer, group in by_layer.items():
         bleu, seconds = values_of(group, "test_bleu"), values_of(group, "train_seconds")
         softmax_bleu = statistics.fmean(values_of(softmax, "test_bleu") or [math.nan])
-        params = group[0].result.get("parameters", -1) if group else -1
-        lines.append(f"| {layer} | {params:,} | {format_mean(bleu)} "
+        params = values_of(group, "parameters")
+        params = f"{int(params[0]):,}" if params else "-"
+        lines.append(f"| {layer} | {params} | {format_mean(bleu)} "
                      f"| {format_mean([b - softmax_bleu for b in bleu])} "
                      f"| {format_mean(seconds, 0)} "
                      f"| {format_mean(relative_to(seconds, values_of(softmax, 'train_seconds')))}x "
