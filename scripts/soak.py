@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Soak test (not in CI): train a small Mixtape language model for many updates on real data
-(Penn Treebank), in reduced precision where available, then check that every logged loss stayed finite and that
-every saved checkpoint loads and evaluates to a finite perplexity.
+"""Soak test (not in CI): train a small Mixtape language model for many updates on real data (Penn
+Treebank), in reduced precision where available, then check that every logged loss stayed finite
+and that every saved checkpoint loads and evaluates to a finite perplexity.
 
     python scripts/soak.py --data-bin runs/ptb/data-bin --updates 10000      # CPU
     python scripts/soak.py --data-bin runs/ptb/data-bin --precision fp16     # on a GPU
