@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from fairseq.criterions import CRITERION_REGISTRY
 
+from . import bottleneck
 from .output_layers import OUTPUT_LAYERS
 from .runner import PACKAGE_DIR, CommandFailed, run_tool, train_progress_printer
 DEFAULT_LAYERS = ("softmax", "sigsoftmax", "mos", "mixtape")
@@ -122,19 +123,15 @@ class MarkovLanguage:
 
 
 def numerical_rank(matrix: np.ndarray) -> int:
-    """Singular values above s_max * eps * sqrt(m + n + 1) / 2 (float64)."""
-    singular_values = np.linalg.svd(matrix, compute_uv=False)
-    m, n = matrix.shape
-    tolerance = singular_values[0] * np.finfo(np.float64).eps * math.sqrt(m + n + 1) / 2
-    return int((singular_values > tolerance).sum())
+    """Singular values above s_max * eps * sqrt(m + n + 1) / 2 (float64; bottleneck.py)."""
+    return bottleneck.numerical_rank(np.linalg.svd(matrix, compute_uv=False), matrix.shape)
 
 
 def effective_rank(matrix: np.ndarray, eps: float = 1e-3) -> int:
     """The fewest singular values whose squares hold 1 - eps of the total (after removing each
     row's mean, which a softmax's normaliser provides for free)."""
     centred = matrix - matrix.mean(axis=1, keepdims=True)
-    energy = np.cumsum(np.linalg.svd(centred, compute_uv=False) ** 2)
-    return int(np.searchsorted(energy, (1.0 - eps) * energy[-1]) + 1)
+    return bottleneck.effective_rank(np.linalg.svd(centred, compute_uv=False), eps)
 
 
 def write_corpus(language: MarkovLanguage, text_dir: pathlib.Path, sizes: Dict[str, int],
