@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from .runner import PACKAGE_DIR, run_tool, train_progress_printer
 
 __all__ = ["PACKAGE_DIR", "Run", "plan_runs", "mean_and_spread", "format_mean", "parse_train_log",
-           "values_of", "relative_to", "rank_cell", "plot_run_spectra"]
+           "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results"]
 
 
 class Run:
@@ -154,3 +154,16 @@ def plot_run_spectra(runs: Sequence[Run], path: pathlib.Path, title: str) -> Non
                 dict(zip(rank["epsilons"], rank["effective_rank"])), rank["softmax_bound"]))
     if reports:
         plot_spectra(reports, path, title)
+
+
+def write_results(runs: Sequence[Run], lines: Sequence[str], results_dir: pathlib.Path,
+                  name: str, plot_seed: int, plot_title: str) -> None:
+    """NAME.md (the table), NAME.json (every run's numbers), NAME_spectra.png (the runs of
+    ``plot_seed``), and the table on stdout."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (results_dir / f"{name}.json").write_text(json.dumps(
+        {f"{r.layer}_seed{r.seed}": r.result for r in runs}, indent=1, sort_keys=True) + "\n")
+    plot_run_spectra([r for r in runs if r.seed == plot_seed],
+                     results_dir / f"{name}_spectra.png", plot_title)
+    print("\n".join(lines), flush=True)

@@ -16,7 +16,6 @@ thread per process by default (fastest on a small shared CPU). Example (about an
 """
 
 import argparse
-import json
 import os
 import pathlib
 import subprocess
@@ -27,7 +26,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from fairseq_mixtape.experiments import (  # noqa: E402
-    format_mean, measure_rank, plan_runs, plot_run_spectra, rank_cell, relative_to, values_of)
+    format_mean, measure_rank, plan_runs, rank_cell, relative_to, values_of, write_results)
 from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
@@ -137,15 +136,9 @@ def write_table(args, runs):
             f"| {format_mean(seconds, 0)} "
             f"| {format_mean(relative_to(seconds, values_of(softmax, 'train_seconds')))}x "
             f"| {rank_cell(group)} |")
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "ptb.md").write_text("\n".join(lines) + "\n")
-    (args.results_dir / "ptb.json").write_text(json.dumps(
-        {f"{r.layer}_seed{r.seed}": r.result for r in runs}, indent=1, sort_keys=True) + "\n")
-    plot_run_spectra([r for r in runs if r.seed == args.seeds[0]],
-                     args.results_dir / "ptb_spectra.png",
-                     f"PTB test log-prob matrix ({args.rank_contexts} contexts), seed "
-                     f"{args.seeds[0]}; dotted: d + 1")
-    print("\n".join(lines), flush=True)
+    write_results(runs, lines, args.results_dir, "ptb", args.seeds[0],
+                  f"PTB test log-prob matrix ({args.rank_contexts} contexts), seed "
+                  f"{args.seeds[0]}; dotted: d + 1")
 
 
 def main(argv=None):
