@@ -38,6 +38,13 @@ def test_preset_is_the_stock_network_with_the_output_layer(arch, layer):
     assert parse_stock_cli("--arch", arch, "--output-layer", "softmax").output_layer == "softmax"
 
 
+@pytest.mark.parametrize("family", ["transformer", "lstm_lm", "transformer_lm"])
+def test_context_scale_flag_reaches_the_layer(family):
+    assert output_layer_of(build(family, "mixtape")[1]).context_scale == 1.0  # the papers'
+    _, model = build(family, "mos", "--output-context-scale", "4")
+    assert output_layer_of(model).context_scale == 4.0
+
+
 @pytest.mark.parametrize("layer", LAYERS)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_tied_embeddings_are_one_parameter(family, layer):

@@ -64,7 +64,7 @@ def tree_priors_reference(gate_logits, leaves, node=0):
 def mixtape_reference(layer: Mixtape, g):
     """All K x V component logits and all V token-specific priors, the slow way (float64)."""
     K, S, E = layer.components, layer.frequent, layer.embed_dim
-    h = torch.tanh(layer.context(g)).view(-1, K, E)                   # (N, K, E)
+    h = layer.context_scale * torch.tanh(layer.context(g)).view(-1, K, E)   # (N, K, E)
     component_logits = torch.einsum("nke,ve->nvk", h, layer.weight)     # (N, V, K)
     if K == 1:
         priors = torch.ones_like(component_logits)
@@ -80,10 +80,10 @@ def mixtape_reference(layer: Mixtape, g):
 
 
 @pytest.mark.parametrize("K,frequent", [(2, 0.1), (4, 0.1), (4, 7), (8, 0.3), (4, 0), (2, V), (1, 0.1)])
-@pytest.mark.parametrize("bias", [False, True])
-def test_mixtape_shortcut_equals_naive_reference(K, frequent, bias):
+@pytest.mark.parametrize("bias,scale", [(False, 1.0), (True, 1.0), (True, 4.0)])
+def test_mixtape_shortcut_equals_naive_reference(K, frequent, bias, scale):
     layer = build("mixtape", output_components=K, mixtape_frequent_tokens=frequent,
-                  mixtape_gate_dim=5, output_bias=bias).double()
+                  mixtape_gate_dim=5, output_bias=bias, output_context_scale=scale).double()
     with torch.no_grad():
         if bias:
             layer.bias.normal_()
@@ -123,6 +123,15 @@ def test_sigmoid_tree_k4_matches_the_paper():
     assert torch.allclose(layer.tree_priors(l), expected)
 
 
+def test_context_scale_multiplies_the_logits_of_one_component():
+    """K = 1, no bias: logits are c tanh(H g + e) . w_x, so scaling by c scales every logit."""
+    plain = build("mixtape", output_components=1).double()
+    scaled = build("mixtape", output_components=1, output_context_scale=4.0).double()
+    scaled.load_state_dict(plain.state_dict())
+    g = torch.randn(3, C, dtype=torch.float64)
+    assert torch.allclose(scaled(g), 4.0 * plain(g), rtol=1e-12, atol=0)
+
+
 def test_mixtape_k1_is_softmax_over_tanh_context():
     layer = build("mixtape", output_components=1).double()
     g = torch.randn(4, 5, C, dtype=torch.float64)
@@ -136,12 +145,14 @@ def mos_probability_space(layer: MixtureOfSoftmaxes, g):
     """sum_k pi_k softmax(h_k W^T + b): the explicit mixture, in probability space."""
     pi = torch.softmax(g @ layer.prior.weight.t(), -1)                       # (N, K)
     h = torch.tanh(layer.context(g)).view(*g.shape[:-1], layer.components, -1)
-    logits = h @ layer.weight.t() + (0 if layer.bias is None else layer.bias)
+    logits = layer.context_scale * h @ layer.weight.t() + (0 if layer.bias is None else layer.bias)
     return (pi.unsqueeze(-1) * torch.softmax(logits, -1)).sum(-2)
 
 
-def test_mos_equals_probability_space_mixture():
-    layer = build("mos", output_components=5, output_bias=True).double().eval()
+@pytest.mark.parametrize("scale", [1.0, 0.5, 4.0])
+def test_mos_equals_probability_space_mixture(scale):
+    layer = build("mos", output_components=5, output_bias=True,
+                  output_context_scale=scale).double().eval()
     g = torch.randn(3, 4, C, dtype=torch.float64)
     assert torch.allclose(layer(g).exp(), mos_probability_space(layer, g), atol=1e-12)
 
@@ -281,6 +292,10 @@ def test_half_precision_inputs_normalise_in_float32(name, dtype):
     (dict(output_layer="mixtape", mixtape_frequent_tokens=-0.1), "--mixtape-frequent-tokens", "fraction"),
     (dict(output_layer="mixtape", mixtape_gate_dim=0), "--mixtape-gate-dim", "integer >= 1"),
     (dict(output_layer="mos", mos_context_dropout=1.0), "--mos-context-dropout", "[0, 1)"),
+    (dict(output_layer="mixtape", output_context_scale=0.0), "--output-context-scale", "> 0"),
+    (dict(output_layer="mos", output_context_scale=-4.0), "--output-context-scale", "> 0"),
+    (dict(output_layer="mos_sigsoftmax", output_context_scale=float("nan")), "--output-context-scale", "finite"),
+    (dict(output_layer="mixtape", output_context_scale=float("inf")), "--output-context-scale", "finite"),
     (dict(output_layer="mos", mos_context_dropout=-0.1), "--mos-context-dropout", "[0, 1)"),
     (dict(output_layer="mos_sigsoftmax", mos_context_dropout=float("nan")), "--mos-context-dropout", "[0, 1)"),
 ])

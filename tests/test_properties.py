@@ -1,5 +1,6 @@
 """Property-based checks over random shapes and options: every layer normalises, and Mixtape
-agrees with the slow K x V reference, whatever V, K, S, d, d1, tying and bias are."""
+agrees with the slow K x V reference, whatever V, K, S, d, d1, context scale, tying and bias
+are."""
 
 import torch
 import torch.nn as nn
@@ -25,6 +26,8 @@ def layer_options(draw, names=("softmax", "mos", "mixtape", "sigsoftmax", "mos_s
                            st.integers(0, vocab), st.floats(0, 0.99))))
     elif name in ("mos", "mos_sigsoftmax"):
         options.update(output_components=draw(st.integers(1, 6)))
+    if name in ("mixtape", "mos", "mos_sigsoftmax"):
+        options.update(output_context_scale=draw(st.floats(0.1, 8)))
     tied = draw(st.booleans())
     positions = draw(st.integers(1, 5))
     return OutputLayerConfig(**options), vocab, dim, tied, positions

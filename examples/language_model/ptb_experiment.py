@@ -56,6 +56,8 @@ def parse_args(argv=None):
     parser.add_argument("--ffn-dim", type=int, default=512)
     parser.add_argument("--decoder-layers", type=int, default=2)
     parser.add_argument("--components", type=int, default=4, help="K of MoS and Mixtape")
+    parser.add_argument("--context-scale", type=float, default=1.0,
+                        help="--output-context-scale of MoS and Mixtape (1 = the papers)")
     parser.add_argument("--updates", type=int, default=400, help="updates per run")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="blocks of --tokens-per-sample tokens per update")
@@ -81,7 +83,8 @@ def train_arguments(args, layer):
     arch = "transformer_lm_mos" if layer.startswith("mos") else "transformer_lm_mixtape"
     layer_args = ["--output-layer", layer]
     if layer in ("mos", "mixtape", "mos_sigsoftmax"):
-        layer_args += ["--output-components", args.components]
+        layer_args += ["--output-components", args.components,
+                       "--output-context-scale", args.context_scale]
     return [
         args.out / "data-bin", "--task", "language_modeling", "--arch", arch, *layer_args,
         "--decoder-layers", args.decoder_layers, "--decoder-embed-dim", args.dim,
@@ -118,7 +121,8 @@ def write_table(args, runs):
     lines = [
         f"PTB, Transformer LM {args.decoder_layers} layers of width d = {args.dim} (FFN "
         f"{args.ffn_dim}), tied {args.embed_dim}-d embeddings, K = {args.components}, "
-        f"{args.updates} updates of {args.batch_size} x {args.tokens_per_sample} tokens, "
+        f"context scale {args.context_scale:g}, {args.updates} updates of {args.batch_size} x "
+        f"{args.tokens_per_sample} tokens, "
         f"seeds {', '.join(map(str, args.seeds))} (MoS: {', '.join(map(str, args.mos_seeds))}); "
         f"mean ± half the range over seeds.",
         "",

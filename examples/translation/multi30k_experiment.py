@@ -61,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--layers-per-stack", type=int, default=3,
                         help="encoder layers = decoder layers")
     parser.add_argument("--components", type=int, default=4, help="K of MoS and Mixtape")
+    parser.add_argument("--context-scale", type=float, default=1.0,
+                        help="--output-context-scale of MoS and Mixtape (1 = the papers)")
     parser.add_argument("--updates", type=int, default=400, help="updates per run")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch")
     parser.add_argument("--lr", type=float, default=0.002,
@@ -118,7 +120,8 @@ def train_arguments(args, layer):
     arch = "transformer_mos" if layer.startswith("mos") else "transformer_mixtape"
     layer_args = ["--output-layer", layer]
     if layer in ("mos", "mixtape", "mos_sigsoftmax"):
-        layer_args += ["--output-components", args.components]
+        layer_args += ["--output-components", args.components,
+                       "--output-context-scale", args.context_scale]
     model = []
     for side in ("encoder", "decoder"):
         model += [f"--{side}-layers", args.layers_per_stack, f"--{side}-embed-dim", args.dim,
@@ -169,7 +172,8 @@ def write_table(args, runs):
     lines = [
         f"Multi30k En-De, Transformer {args.layers_per_stack}+{args.layers_per_stack} layers, "
         f"d = {args.dim} (FFN {args.ffn_dim}, all embeddings shared), joint sentencepiece BPE "
-        f"{args.vocab_size}, K = {args.components}, {args.updates} updates of <= "
+        f"{args.vocab_size}, K = {args.components}, context scale {args.context_scale:g}, "
+        f"{args.updates} updates of <= "
         f"{args.max_tokens} tokens, beam {args.beam}; seeds {', '.join(map(str, args.seeds))} "
         f"(MoS: {', '.join(map(str, args.mos_seeds))}); "
         f"mean ± half the range over seeds. SacreBLEU {signature}.",

@@ -1,5 +1,6 @@
 """The interface every output layer implements, and the registry that maps a name to it."""
 
+import math
 from typing import Callable, Dict, Optional, Type
 
 import torch
@@ -91,6 +92,26 @@ class OutputLayer(nn.Module):
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 -> float32, so normalisation and mixtures accumulate in float32."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def tanh_contexts(projection: nn.Linear, features: torch.Tensor, components: int,
+                  scale: float = 1.0) -> torch.Tensor:
+    """MoS's and Mixtape's K context vectors h_k = scale * tanh(W_k g + c_k): (..., C) -> (..., K, E).
+
+    ``projection`` holds the K maps (W_k, c_k) stacked: C -> K * E. The papers have scale = 1;
+    the tanh then bounds each logit h_k . w_x by |w_x|_1, which makes the initial logits several
+    times smaller than a softmax's over g (``--output-context-scale``, RESULTS.md).
+    """
+    h = torch.tanh(projection(features))
+    if scale != 1.0:
+        h = h * scale
+    return h.unflatten(-1, (components, -1))                  # (..., K * E) -> (..., K, E)
+
+
+def check_context_scale(scale) -> float:
+    check_option(isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0,
+                 "--output-context-scale", scale, "a finite number > 0 (1 = the papers)")
+    return float(scale)
 
 
 def check_components(components, power_of_two: bool = False):

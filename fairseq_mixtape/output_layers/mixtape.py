@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .base import OutputLayer, check_components, check_option, register_output_layer, upcast
+from .base import (OutputLayer, check_components, check_context_scale, check_option,
+                   register_output_layer, tanh_contexts, upcast)
 
 
 def resolve_frequent_tokens(frequent_tokens: float, num_tokens: int) -> int:
@@ -44,7 +45,7 @@ def sigmoid_tree_paths(components: int) -> Tuple[torch.Tensor, torch.Tensor]:
 class Mixtape(OutputLayer):
     """Mixtape with logit-space vector gating, sigmoid-tree priors and gate sharing:
 
-        h_k       = tanh(H_k g + e_k)                                  k = 1..K
+        h_k       = tanh(H_k g + e_k)        k = 1..K  (times --output-context-scale, 1 in the paper)
         logit_x   = sum_k pi_{x,k} (h_k . w_x) + b_x,      log p(x|g) = log_softmax_x(logit_x)
         pi_{x,.}  = sigmoid tree over K-1 gate logits l_{x,j}, e.g. K=4, s_j = sigmoid(l_{x,j}):
                     pi_1 = s_1 s_2, pi_2 = s_1 (1-s_2), pi_3 = (1-s_1) s_3, pi_4 = (1-s_1)(1-s_3)
@@ -59,12 +60,14 @@ class Mixtape(OutputLayer):
     default_components = 4
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
-                 components: int = 4, gate_dim: int = 64, frequent_tokens: float = 0.1):
+                 components: int = 4, gate_dim: int = 64, frequent_tokens: float = 0.1,
+                 context_scale: float = 1.0):
         super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
         check_components(components, power_of_two=True)
         check_option(isinstance(gate_dim, int) and gate_dim >= 1, "--mixtape-gate-dim (d1)",
                      gate_dim, "an integer >= 1")
         self.components, self.gate_dim = components, gate_dim
+        self.context_scale = check_context_scale(context_scale)
         self.frequent = resolve_frequent_tokens(frequent_tokens, num_tokens) if components > 1 else 0
         self.context = nn.Linear(input_dim, components * self.embed_dim)  # H_k, e_k stacked
         if components > 1:
@@ -82,7 +85,8 @@ class Mixtape(OutputLayer):
     @classmethod
     def from_config(cls, cfg, **common):
         return cls(**common, components=cls.components_from(cfg),
-                   gate_dim=cfg.mixtape_gate_dim, frequent_tokens=cfg.mixtape_frequent_tokens)
+                   gate_dim=cfg.mixtape_gate_dim, frequent_tokens=cfg.mixtape_frequent_tokens,
+                   context_scale=getattr(cfg, "output_context_scale", 1.0))
 
     def tree_priors(self, gate_logits: torch.Tensor) -> torch.Tensor:
         """Gate logits (..., K-1) -> priors (..., K): product of sigmoids along each leaf's path."""
@@ -96,8 +100,8 @@ class Mixtape(OutputLayer):
         return self.tree_priors(upcast(self.shared_gate(features)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        K, E, S = self.components, self.embed_dim, self.frequent
-        h = torch.tanh(self.context(features)).unflatten(-1, (K, E))          # (..., K, E)
+        K, S = self.components, self.frequent
+        h = tanh_contexts(self.context, features, K, self.context_scale)      # (..., K, E)
         if K == 1:
             return upcast(self.token_logits(h.squeeze(-2)))
         shared_logits = upcast(self.shared_gate(features))                    # (..., K-1)

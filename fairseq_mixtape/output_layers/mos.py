@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import OutputLayer, check_components, check_option, register_output_layer, upcast
+from .base import (OutputLayer, check_components, check_context_scale, check_option,
+                   register_output_layer, tanh_contexts, upcast)
 
 
 @register_output_layer("mos")
@@ -12,7 +13,7 @@ class MixtureOfSoftmaxes(OutputLayer):
     """K softmaxes over K context vectors, mixed by a context-dependent prior (MoS eq. 4):
 
         pi_k       = softmax_k(W_pi g)
-        h_k        = tanh(W_k g + c_k)
+        h_k        = tanh(W_k g + c_k)       (times --output-context-scale, 1 in the paper)
         log p(x|g) = logsumexp_k( log pi_k + log_softmax_x(h_k . w_x + b_x) )
 
     The mixture is computed exactly in log space (the official code's ``log(p + 1e-8)`` floor
@@ -24,27 +25,29 @@ class MixtureOfSoftmaxes(OutputLayer):
     default_components = 15
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
-                 components: int = 15, context_dropout: float = 0.0):
+                 components: int = 15, context_dropout: float = 0.0, context_scale: float = 1.0):
         super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
         check_components(components)
         check_option(0.0 <= context_dropout < 1.0, "--mos-context-dropout", context_dropout,
                      "a probability in [0, 1)")
         self.components = components
         self.context_dropout = context_dropout
+        self.context_scale = check_context_scale(context_scale)
         self.prior = nn.Linear(input_dim, components, bias=False)        # W_pi
         self.context = nn.Linear(input_dim, components * self.embed_dim)  # W_k, c_k stacked
 
     @classmethod
     def from_config(cls, cfg, **common):
         return cls(**common, components=cls.components_from(cfg),
-                   context_dropout=cfg.mos_context_dropout)
+                   context_dropout=cfg.mos_context_dropout,
+                   context_scale=getattr(cfg, "output_context_scale", 1.0))
 
     def gate_priors(self, features):
         return F.softmax(upcast(self.prior(features)), dim=-1)
 
     def contexts(self, features: torch.Tensor) -> torch.Tensor:
         """features (..., C) -> context vectors h (..., K, E)."""
-        h = torch.tanh(self.context(features)).unflatten(-1, (self.components, self.embed_dim))
+        h = tanh_contexts(self.context, features, self.components, self.context_scale)
         if self.training and self.context_dropout > 0:
             h = h * self.sequence_dropout_mask(h)
         return h
