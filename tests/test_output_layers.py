@@ -296,6 +296,7 @@ def test_half_precision_inputs_normalise_in_float32(name, dtype):
     (dict(output_layer="mos", output_context_scale=-4.0), "--output-context-scale", "> 0"),
     (dict(output_layer="mos_sigsoftmax", output_context_scale=float("nan")), "--output-context-scale", "finite"),
     (dict(output_layer="mixtape", output_context_scale=float("inf")), "--output-context-scale", "finite"),
+    (dict(output_layer="sigsoftmax", output_context_scale=4.0), "--output-context-scale", "no context vectors"),
     (dict(output_layer="mos", mos_context_dropout=-0.1), "--mos-context-dropout", "[0, 1)"),
     (dict(output_layer="mos_sigsoftmax", mos_context_dropout=float("nan")), "--mos-context-dropout", "[0, 1)"),
 ])

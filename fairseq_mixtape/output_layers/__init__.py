@@ -62,6 +62,9 @@ def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
     components = getattr(cfg, "output_components", None)
     check_option(components in (None, 1) or layer.default_components > 1,
                  "--output-components (K)", components, f"1 or unset for {name}, which has one")
+    scale = getattr(cfg, "output_context_scale", 1.0)
+    check_option(scale == 1.0 or layer.default_components > 1, "--output-context-scale", scale,
+                 f"1 for {name}, which has no context vectors")
     common = dict(input_dim=input_dim, num_tokens=num_tokens, embed_weight=embed_weight,
                   embed_dim=embed_dim, bias=getattr(cfg, "output_bias", False))
     return layer.from_config(cfg, **common)
