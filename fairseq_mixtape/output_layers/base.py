@@ -96,7 +96,7 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
 
 def tanh_contexts(projection: nn.Linear, features: torch.Tensor, components: int,
                   scale: float = 1.0) -> torch.Tensor:
-    """MoS's and Mixtape's K context vectors h_k = scale * tanh(W_k g + c_k): (..., C) -> (..., K, E).
+    """MoS's and Mixtape's K context vectors h_k = scale tanh(W_k g + c_k), (..., C) -> (..., K, E).
 
     ``projection`` holds the K maps (W_k, c_k) stacked: C -> K * E. The papers have scale = 1;
     the tanh then bounds each logit h_k . w_x by |w_x|_1, which makes the initial logits several

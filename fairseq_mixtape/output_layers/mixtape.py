@@ -45,7 +45,7 @@ def sigmoid_tree_paths(components: int) -> Tuple[torch.Tensor, torch.Tensor]:
 class Mixtape(OutputLayer):
     """Mixtape with logit-space vector gating, sigmoid-tree priors and gate sharing:
 
-        h_k       = tanh(H_k g + e_k)        k = 1..K  (times --output-context-scale, 1 in the paper)
+        h_k       = tanh(H_k g + e_k)        k = 1..K (times --output-context-scale; 1 in the paper)
         logit_x   = sum_k pi_{x,k} (h_k . w_x) + b_x,      log p(x|g) = log_softmax_x(logit_x)
         pi_{x,.}  = sigmoid tree over K-1 gate logits l_{x,j}, e.g. K=4, s_j = sigmoid(l_{x,j}):
                     pi_1 = s_1 s_2, pi_2 = s_1 (1-s_2), pi_3 = (1-s_1) s_3, pi_4 = (1-s_1)(1-s_3)
