@@ -96,6 +96,14 @@ def mean_and_spread(values: Sequence[float]) -> Optional[tuple]:
     return statistics.fmean(values), (max(values) - min(values)) / 2
 
 
+def seeds_text(seeds, mos_seeds, layers) -> str:
+    """"seeds 1, 2 (MoS: 1)" for a table's caption; the MoS part only where MoS layers ran."""
+    text = "seeds " + ", ".join(map(str, seeds))
+    if any(layer.startswith("mos") for layer in layers):
+        text += " (MoS: " + ", ".join(map(str, mos_seeds)) + ")"
+    return text
+
+
 def format_mean(values: Sequence[float], digits: int = 2) -> str:
     """``mean ± half-range (n)`` for several values, the value alone for one, ``-`` for none."""
     summary = mean_and_spread(values)

@@ -26,7 +26,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from fairseq_mixtape.experiments import (  # noqa: E402
-    format_mean, measure_rank, plan_runs, rank_cell, relative_to, values_of, write_results)
+    format_mean, measure_rank, plan_runs, rank_cell, relative_to, seeds_text, values_of,
+    write_results)
 from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
@@ -123,7 +124,7 @@ def write_table(args, runs):
         f"{args.ffn_dim}), tied {args.embed_dim}-d embeddings, K = {args.components}, "
         f"context scale {args.context_scale:g}, {args.updates} updates of {args.batch_size} x "
         f"{args.tokens_per_sample} tokens, "
-        f"seeds {', '.join(map(str, args.seeds))} (MoS: {', '.join(map(str, args.mos_seeds))}); "
+        f"{seeds_text(args.seeds, args.mos_seeds, args.layers)}; "
         f"mean ± half the range over seeds.",
         "",
         "| output layer | params | valid ppl | test ppl | test vs softmax | train time (s) "

@@ -30,7 +30,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from fairseq_mixtape.experiments import (  # noqa: E402
-    format_mean, measure_rank, plan_runs, rank_cell, relative_to, values_of, write_results)
+    format_mean, measure_rank, plan_runs, rank_cell, relative_to, seeds_text, values_of,
+    write_results)
 from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "mos")
@@ -173,9 +174,8 @@ def write_table(args, runs):
         f"Multi30k En-De, Transformer {args.layers_per_stack}+{args.layers_per_stack} layers, "
         f"d = {args.dim} (FFN {args.ffn_dim}, all embeddings shared), joint sentencepiece BPE "
         f"{args.vocab_size}, K = {args.components}, context scale {args.context_scale:g}, "
-        f"{args.updates} updates of <= "
-        f"{args.max_tokens} tokens, beam {args.beam}; seeds {', '.join(map(str, args.seeds))} "
-        f"(MoS: {', '.join(map(str, args.mos_seeds))}); "
+        f"{args.updates} updates of <= {args.max_tokens} tokens, beam {args.beam}; "
+        f"{seeds_text(args.seeds, args.mos_seeds, args.layers)}; "
         f"mean ± half the range over seeds. SacreBLEU {signature}.",
         "",
         "| output layer | params | test BLEU | vs softmax | train time (s) | time vs softmax "
