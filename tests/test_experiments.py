@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fairseq_mixtape.experiments import format_mean, mean_and_spread, parse_train_log
+from fairseq_mixtape.experiments import format_mean, mean_and_spread, parse_train_log, seeds_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 D = 16
@@ -82,3 +82,8 @@ done training in 70.5 seconds"""
     assert mean_and_spread([1.0, 3.0]) == (2.0, 1.0) and mean_and_spread([]) is None
     assert format_mean([1.0, 3.0]) == "2.00 ± 1.00" and format_mean([2.5]) == "2.50"
     assert format_mean([]) == "-"
+
+
+def test_table_caption_names_mos_seeds_only_where_mos_ran():
+    assert seeds_text([1, 2], [1], ["softmax", "mos"]) == "seeds 1, 2 (MoS: 1)"
+    assert seeds_text([1, 2], [1], ["softmax", "mixtape"]) == "seeds 1, 2"
