@@ -8,7 +8,8 @@ smaller than a softmax's over the layer-normed state g, which may slow early tra
     python scripts/logit_scale.py DATA_BIN --layers softmax,mixtape,mos -- \\
         --task language_modeling --arch transformer_lm_mixtape --decoder-layers 2 ...
 
-Everything after ``--`` is fairseq-train's model arguments (without --output-layer).
+Everything after ``--`` is fairseq-train's model arguments (without --output-layer, and without
+the mixture flags that --components and --context-scale set).
 """
 
 import argparse
@@ -30,15 +31,18 @@ def main(argv=None):
     parser.add_argument("data_bin")
     parser.add_argument("--layers", default="softmax,mixtape,mos")
     parser.add_argument("--components", type=int, default=4, help="K of the mixtures")
+    parser.add_argument("--context-scale", type=float, default=1.0,
+                        help="--output-context-scale of the mixtures (1 = the papers)")
     parser.add_argument("--seed", type=int, default=1)
     argv = sys.argv[1:] if argv is None else list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args, model_args = parser.parse_args(argv[:split]), argv[split + 1:]
     for layer in args.layers.split(","):
-        components = [] if layer in ("softmax", "sigsoftmax") else [
-            "--output-components", str(args.components)]
+        mixture = [] if layer in ("softmax", "sigsoftmax") else [
+            "--output-components", str(args.components),
+            "--output-context-scale", str(args.context_scale)]
         parsed = options.parse_args_and_arch(options.get_training_parser(), [
-            args.data_bin, *model_args, "--output-layer", layer, *components, "--cpu"])
+            args.data_bin, *model_args, "--output-layer", layer, *mixture, "--cpu"])
         cfg = convert_namespace_to_omegaconf(parsed)
         task = tasks.setup_task(cfg.task)
         torch.manual_seed(args.seed)
