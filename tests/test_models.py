@@ -32,7 +32,7 @@ def test_preset_is_the_stock_network_with_the_output_layer(arch, layer):
     args = parse_stock_cli("--arch", arch)
     stock = parse_stock_cli("--arch", arch.rsplit("_", 1)[0])
     assert args.output_layer == layer and args.output_components is None  # layer's default K
-    assert (args.mixtape_gate_dim, args.mixtape_frequent_tokens) == (64, 0.1)
+    assert (args.mixtape_gate_dim, args.mixtape_frequent_tokens) == (None, 0.1)  # d1 = min(64, E)
     for name in ["decoder_embed_dim", "decoder_layers", "dropout", "encoder_embed_dim"]:
         assert getattr(args, name) == getattr(stock, name)
     assert parse_stock_cli("--arch", arch, "--output-layer", "softmax").output_layer == "softmax"
@@ -40,9 +40,12 @@ def test_preset_is_the_stock_network_with_the_output_layer(arch, layer):
 
 @pytest.mark.parametrize("family", ["transformer", "lstm_lm", "transformer_lm"])
 def test_context_scale_flag_reaches_the_layer(family):
-    assert output_layer_of(build(family, "mixtape")[1]).context_scale == 1.0  # the papers'
+    matched = output_layer_of(build(family, "mixtape")[1])
+    assert matched.configured_scale is None and float(matched.context_scale) > 1  # default
+    papers = output_layer_of(build(family, "mixtape", "--output-context-scale", "1")[1])
+    assert float(papers.context_scale) == 1.0
     _, model = build(family, "mos", "--output-context-scale", "4")
-    assert output_layer_of(model).context_scale == 4.0
+    assert float(output_layer_of(model).context_scale) == 4.0
 
 
 @pytest.mark.parametrize("layer", LAYERS)

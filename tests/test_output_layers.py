@@ -125,9 +125,11 @@ def test_sigmoid_tree_k4_matches_the_paper():
 
 def test_context_scale_multiplies_the_logits_of_one_component():
     """K = 1, no bias: logits are c tanh(H g + e) . w_x, so scaling by c scales every logit."""
-    plain = build("mixtape", output_components=1).double()
+    plain = build("mixtape", output_components=1, output_context_scale=1.0).double()
     scaled = build("mixtape", output_components=1, output_context_scale=4.0).double()
-    scaled.load_state_dict(plain.state_dict())
+    weights = {k: v for k, v in plain.state_dict().items() if k != "context_scale"}
+    scaled.load_state_dict(weights)  # a state without the scale keeps the configured one
+    assert float(scaled.context_scale) == 4.0
     g = torch.randn(3, C, dtype=torch.float64)
     assert torch.allclose(scaled(g), 4.0 * plain(g), rtol=1e-12, atol=0)
 
@@ -135,7 +137,7 @@ def test_context_scale_multiplies_the_logits_of_one_component():
 def test_mixtape_k1_is_softmax_over_tanh_context():
     layer = build("mixtape", output_components=1).double()
     g = torch.randn(4, 5, C, dtype=torch.float64)
-    expected = F.log_softmax(torch.tanh(layer.context(g)) @ layer.weight.t(), -1)
+    expected = F.log_softmax(layer.context_scale * torch.tanh(layer.context(g)) @ layer.weight.t(), -1)
     assert torch.allclose(log_probs(layer, g), expected, atol=1e-12)
     assert not hasattr(layer, "shared_gate")  # no gates to learn with one component
 
@@ -168,7 +170,7 @@ def test_mos_is_exact_where_probability_space_underflows():
         layer.weight.mul_(400.0)  # logit gaps of thousands: many probabilities are 0 in float64
     g = torch.randn(2, 6, C, dtype=torch.float64)
     assert (mos_probability_space(layer, g) == 0).any(), "test needs underflow to be meaningful"
-    h = torch.tanh(layer.context(g)).view(2, 6, 3, C)
+    h = layer.context_scale * torch.tanh(layer.context(g)).view(2, 6, 3, C)
     logits = h @ layer.weight.t()                                             # (2, 6, 3, V)
     log_softmax = logits - manual_logsumexp(logits, -1).unsqueeze(-1)
     log_pi = g @ layer.prior.weight.t()
@@ -225,7 +227,7 @@ def test_mos_sigsoftmax_components_are_sigsoftmaxes(K):
     layer = build("mos_sigsoftmax", output_components=K).double().eval()
     g = torch.randn(5, C, dtype=torch.float64)
     pi = torch.softmax(g @ layer.prior.weight.t(), -1)
-    z = torch.tanh(layer.context(g)).view(5, K, C) @ layer.weight.t()
+    z = layer.context_scale * torch.tanh(layer.context(g)).view(5, K, C) @ layer.weight.t()
     sig = z.exp() * torch.sigmoid(z)
     expected = (pi.unsqueeze(-1) * sig / sig.sum(-1, keepdim=True)).sum(-2)
     assert torch.allclose(layer(g).exp(), expected, atol=1e-12)

@@ -93,9 +93,12 @@ def attach_output_layer(decoder, args, input_dim: int):
                      "layer of its own)")
         return
     embed_weight = decoder.embed_tokens.weight if decoder.share_input_output_embed else None
-    layer = build_output_layer(args, input_dim, len(decoder.dictionary), embed_weight)
+    dictionary = decoder.dictionary
+    layer = build_output_layer(args, input_dim, len(dictionary), embed_weight,
+                               first_target=first_target(dictionary))
     if getattr(layer, "frequent", 0) > 0:
-        warn_if_not_frequency_sorted(decoder.dictionary, layer.frequent)
+        check_gate_slots_seen(dictionary, layer.frequent_ids)
+        warn_if_not_frequency_sorted(dictionary, layer.frequent_ids)
     if isinstance(decoder, LSTMDecoder):
         # LSTMDecoder.output_layer() projects through fc_out unless it ties the embedding;
         # the OutputLayer holds the tied weight itself, so it always takes fc_out's place.
@@ -105,19 +108,36 @@ def attach_output_layer(decoder, args, input_dim: int):
         decoder.output_projection = layer
 
 
-def warn_if_not_frequency_sorted(dictionary, frequent: int):
-    """Gate sharing gives the first S ids their own gates: right only if ids are sorted by
+def first_target(dictionary) -> int:
+    """The first id that can be a target: not <s> or <pad> (never predicted in fairseq) and
+    seen in the data (a count > 0). 2 for every dictionary fairseq-preprocess writes."""
+    never = {dictionary.bos(), dictionary.pad()}
+    return next((i for i, count in enumerate(dictionary.count) if i not in never and count > 0),
+                len(dictionary))
+
+
+def check_gate_slots_seen(dictionary, frequent_ids: range):
+    """Own gates only for tokens seen in the data: ids with count 0 (fairseq-preprocess's
+    padding symbols at the end) are never targets."""
+    for i in frequent_ids:
+        check_option(dictionary.count[i] > 0, "--mixtape-frequent-tokens (S)", len(frequent_ids),
+                     f"at most {i - frequent_ids.start}: id {i} ({dictionary[i]}) never occurs "
+                     "in the data, so it cannot be a target")
+
+
+def warn_if_not_frequency_sorted(dictionary, frequent_ids: range):
+    """Gate sharing gives the ids a .. a+S-1 their own gates: right only if ids are sorted by
     frequency, as fairseq-preprocess writes dictionaries. fairseq dictionaries carry counts."""
     counts = dictionary.count[dictionary.nspecial:]
     unsorted = next((i for i in range(1, len(counts)) if counts[i] > counts[i - 1]), None)
     if unsorted is not None:
         logger.warning(
             "--mixtape-frequent-tokens: the target dictionary is not sorted by frequency (id %d "
-            "occurs %d times, more than id %d); Mixtape gives its own gates to the first %d ids, "
+            "occurs %d times, more than id %d); Mixtape gives its own gates to ids %d to %d, "
             "which are then not the most frequent tokens. Binarize with fairseq-preprocess, or "
             "sort the dictionary, or set --mixtape-frequent-tokens 0 to share all gates.",
             unsorted + dictionary.nspecial, counts[unsorted], unsorted + dictionary.nspecial - 1,
-            frequent)
+            frequent_ids.start, frequent_ids.stop - 1)
 
 
 def output_layer_of(model) -> OutputLayer:

@@ -33,41 +33,45 @@ class OutputLayerConfig(FairseqDataclass):
                           "softmax and sigsoftmax have one"})
     output_bias: bool = field(
         default=False, metadata={"help": "add a learned per-token bias b_x to the output logits"})
-    output_context_scale: float = field(
-        default=1.0,
+    output_context_scale: Optional[float] = field(
+        default=None,
         metadata={"help": "mos, mos_sigsoftmax, mixtape: multiply the K context vectors "
-                          "tanh(W_k g + c_k) by this constant (1 = the papers). Their bounded "
-                          "values start the logits several times smaller than a softmax's; 4 "
-                          "trained much faster on PTB (RESULTS.md)"})
+                          "tanh(W_k g + e_k) by this constant; 1 gives the papers' layer. Default: "
+                          "set at build time so that the layer's initial log-probabilities "
+                          "spread over the vocabulary as much as a softmax's (saved in the "
+                          "checkpoint)"})
     mos_context_dropout: float = field(
         default=0.0,
         metadata={"help": "mos/mos_sigsoftmax: dropout on the K context vectors, one mask per "
                           "sequence shared over time steps (the MoS paper's dropoutl; 0.29 on PTB)"})
-    mixtape_gate_dim: int = field(
-        default=64, metadata={"help": "mixtape: gate embedding size d1 of the frequent tokens' gates"})
+    mixtape_gate_dim: Optional[int] = field(
+        default=None,
+        metadata={"help": "mixtape: gate embedding size d1 of the frequent tokens' gates "
+                          "(default: min(64, E), E the output embedding size)"})
     mixtape_frequent_tokens: float = field(
         default=0.1,
         metadata={"help": "mixtape: S, the most frequent tokens (the first S ids of a "
-                          "frequency-sorted dictionary) that get their own gates; all others "
-                          "share one. A value in [0, 1) is a fraction of the vocabulary, a whole "
-                          "number >= 1 a count"})
+                          "frequency-sorted dictionary that can be targets: not <s> or <pad>) "
+                          "that get their own gates; all others share one. A value in [0, 1) "
+                          "is a fraction of the vocabulary, a whole number >= 1 a count"})
 
 
 def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
-                       embed_dim: Optional[int] = None) -> OutputLayer:
-    """The output layer named by ``cfg.output_layer``, configured from ``cfg``'s fields."""
+                       embed_dim: Optional[int] = None, first_target: int = 0) -> OutputLayer:
+    """The output layer named by ``cfg.output_layer``, configured from ``cfg``'s fields;
+    ``first_target`` is the first token id that can be a target (Mixtape's first gate slot)."""
     name = getattr(cfg, "output_layer", "softmax")
     check_option(name in OUTPUT_LAYERS, "--output-layer", name, ", ".join(OUTPUT_LAYERS))
     layer = OUTPUT_LAYERS[name]
     components = getattr(cfg, "output_components", None)
     check_option(components in (None, 1) or layer.default_components > 1,
                  "--output-components (K)", components, f"1 or unset for {name}, which has one")
-    scale = getattr(cfg, "output_context_scale", 1.0)
-    check_option(scale == 1.0 or layer.default_components > 1, "--output-context-scale", scale,
-                 f"1 for {name}, which has no context vectors")
+    scale = getattr(cfg, "output_context_scale", None)
+    check_option(scale in (None, 1.0) or layer.default_components > 1, "--output-context-scale",
+                 scale, f"1 or unset for {name}, which has no context vectors")
     common = dict(input_dim=input_dim, num_tokens=num_tokens, embed_weight=embed_weight,
                   embed_dim=embed_dim, bias=getattr(cfg, "output_bias", False))
-    return layer.from_config(cfg, **common)
+    return layer.from_config(cfg, first_target=first_target, **common)
 
 
 __all__ = ["OUTPUT_LAYERS", "OutputLayer", "OutputLayerConfig", "build_output_layer",

@@ -64,8 +64,9 @@ class OutputLayer(nn.Module):
         return self.weight.shape[1]
 
     @classmethod
-    def from_config(cls, cfg, **common) -> "OutputLayer":
-        """Build from an ``OutputLayerConfig``; ``common`` holds the constructor's shared args."""
+    def from_config(cls, cfg, first_target: int = 0, **common) -> "OutputLayer":
+        """Build from an ``OutputLayerConfig``; ``common`` holds the constructor's shared args,
+        ``first_target`` the first token id that can be a target (used by Mixtape's gates)."""
         return cls(**common)
 
     @classmethod
@@ -85,6 +86,16 @@ class OutputLayer(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def legacy_buffers(self) -> Dict[str, float]:
+        """Buffers this layer derives at build time, with the value each had implicitly in
+        checkpoints saved before it was stored; loading such a checkpoint restores that value."""
+        return {}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, value in self.legacy_buffers().items():
+            state_dict.setdefault(prefix + name, torch.tensor(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return f"in={self.input_dim}, vocab={self.num_tokens}, embed={self.embed_dim}"
 
@@ -94,24 +105,74 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def tanh_contexts(projection: nn.Linear, features: torch.Tensor, components: int,
-                  scale: float = 1.0) -> torch.Tensor:
-    """MoS's and Mixtape's K context vectors h_k = scale tanh(W_k g + c_k), (..., C) -> (..., K, E).
+class ContextMixture(OutputLayer):
+    """What MoS and Mixtape share: K context vectors h_k = c tanh(W_k g + e_k) from one stacked
+    map ``self.context`` (C -> K * E), and the context scale c.
 
-    ``projection`` holds the K maps (W_k, c_k) stacked: C -> K * E. The papers have scale = 1;
-    the tanh then bounds each logit h_k . w_x by |w_x|_1, which makes the initial logits several
-    times smaller than a softmax's over g (``--output-context-scale``, RESULTS.md).
+    The papers have c = 1. The tanh then bounds each logit h_k . w_x, and mixing K contexts
+    flattens them further, so such a layer starts with log-probabilities several times flatter
+    than a softmax's over the same output embedding, and trains slowly at first (RESULTS.md). By
+    default c is therefore set once, at build time, to ``matched_context_scale``: the value at
+    which the freshly initialised layer's log-probabilities spread over the vocabulary as much as
+    a softmax's. It is a buffer, saved in checkpoints; ``--output-context-scale c`` sets it
+    instead (1 = the papers' layer).
     """
-    h = torch.tanh(projection(features))
-    if scale != 1.0:
-        h = h * scale
-    return h.unflatten(-1, (components, -1))                  # (..., K * E) -> (..., K, E)
+
+    def init_contexts(self, components: int, context_scale: Optional[float]):
+        """Call at the end of the subclass's __init__, once every parameter exists."""
+        self.components = components
+        self.configured_scale = check_context_scale(context_scale)
+        self.register_buffer("context_scale", torch.tensor(1.0))
+        self.context_scale.fill_(self.configured_scale if self.configured_scale is not None
+                                 else matched_context_scale(self))
+
+    def contexts(self, features: torch.Tensor) -> torch.Tensor:
+        """features (..., C) -> the K context vectors h (..., K, E)."""
+        h = torch.tanh(self.context(features)) * self.context_scale
+        return h.unflatten(-1, (self.components, -1))          # (..., K * E) -> (..., K, E)
+
+    def legacy_buffers(self) -> Dict[str, float]:
+        # before the scale was stored, a layer had the configured scale, by default 1
+        return {**super().legacy_buffers(), "context_scale": self.configured_scale or 1.0}
 
 
-def check_context_scale(scale) -> float:
-    check_option(isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0,
-                 "--output-context-scale", scale, "a finite number > 0 (1 = the papers)")
-    return float(scale)
+def matched_context_scale(layer: ContextMixture, iterations: int = 3) -> float:
+    """The context scale c at which ``layer``, as initialised, spreads its log-probabilities over
+    the vocabulary as much as a softmax over its output embedding does: for random states
+    g ~ N(0, I), std_x log p(x | g) = std_x (z . w_x) with z ~ N(0, I_E), averaged over states.
+
+    Needs no data: the states are drawn from a fixed generator (the global random state is not
+    touched), so the same weights give the same c. Mixtape's logits are linear in c, so one step
+    of c <- c * target / spread(c) is exact; MoS's log-mixture is nearly linear at this spread,
+    and a few steps settle it.
+    """
+    generator = torch.Generator().manual_seed(0)
+    weight = layer.weight.detach().float().cpu()
+    states = max(1, min(64, 2 ** 22 // (layer.num_tokens * layer.components)))
+    with torch.no_grad():
+        target = F.linear(torch.randn(states, layer.embed_dim, generator=generator),
+                          weight).std(-1).mean()
+        features = torch.randn(states, layer.input_dim, generator=generator).to(
+            device=layer.weight.device, dtype=layer.weight.dtype)
+        training = layer.training
+        layer.eval()                                            # no dropout or noise
+        scale = 1.0
+        for _ in range(iterations):
+            layer.context_scale.fill_(scale)
+            log_probs = F.log_softmax(upcast(layer(features)).double(), dim=-1)
+            scale *= float(target / log_probs.std(-1).mean())
+        layer.train(training)
+    return scale
+
+
+def check_context_scale(scale) -> Optional[float]:
+    """None (match a softmax's initial spread) or a finite number > 0."""
+    check_option(scale is None or (isinstance(scale, (int, float)) and math.isfinite(scale)
+                                   and scale > 0),
+                 "--output-context-scale", scale,
+                 "a finite number > 0 (1 = the papers' layer), or unset (match a softmax's "
+                 "initial spread)")
+    return None if scale is None else float(scale)
 
 
 def check_components(components, power_of_two: bool = False):

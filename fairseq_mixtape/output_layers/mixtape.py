@@ -1,15 +1,14 @@
 """Mixtape (Yang, Luong, Salakhutdinov, Le, NeurIPS 2019): one softmax over gated logits."""
 
 import math
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .base import (OutputLayer, check_components, check_context_scale, check_option,
-                   register_output_layer, tanh_contexts, upcast)
+from .base import ContextMixture, check_components, check_option, register_output_layer, upcast
 
 
 def resolve_frequent_tokens(frequent_tokens: float, num_tokens: int) -> int:
@@ -22,6 +21,22 @@ def resolve_frequent_tokens(frequent_tokens: float, num_tokens: int) -> int:
     check_option(float(frequent_tokens).is_integer() and frequent_tokens <= num_tokens, flag,
                  frequent_tokens, allowed)
     return int(frequent_tokens)
+
+
+def default_gate_dim(embed_dim: int) -> int:
+    """d1 = min(64, E): the paper's 64, but never wider than the output embedding, so that the
+    frequent tokens' gates (about (K-1) d1 (C + S) multiply-adds per position) stay cheaper than
+    the logits (V E) when E is small."""
+    return min(64, embed_dim)
+
+
+def check_slot_start(first_target: int, frequent: int, num_tokens: int) -> int:
+    """a, the first of the S own-gate ids a .. a+S-1, which must lie in the vocabulary."""
+    check_option(0 <= first_target and first_target + frequent <= num_tokens,
+                 "--mixtape-frequent-tokens (S)", frequent,
+                 f"at most {num_tokens - first_target}: the ids from {first_target}, the first "
+                 f"that can be a target, to the vocabulary's end {num_tokens}")
+    return first_target
 
 
 def sigmoid_tree_paths(components: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -42,33 +57,40 @@ def sigmoid_tree_paths(components: int) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 @register_output_layer("mixtape")
-class Mixtape(OutputLayer):
+class Mixtape(ContextMixture):
     """Mixtape with logit-space vector gating, sigmoid-tree priors and gate sharing:
 
-        h_k       = tanh(H_k g + e_k)        k = 1..K (times --output-context-scale; 1 in the paper)
+        h_k       = c tanh(H_k g + e_k)      k = 1..K (c: the context scale, 1 in the paper)
         logit_x   = sum_k pi_{x,k} (h_k . w_x) + b_x,      log p(x|g) = log_softmax_x(logit_x)
         pi_{x,.}  = sigmoid tree over K-1 gate logits l_{x,j}, e.g. K=4, s_j = sigmoid(l_{x,j}):
                     pi_1 = s_1 s_2, pi_2 = s_1 (1-s_2), pi_3 = (1-s_1) s_3, pi_4 = (1-s_1)(1-s_3)
-        l_{x,j}   = v_x . tanh(U_j g + a_j) + u_j . g + b_{x,j}   for the S most frequent x (ids < S)
+        l_{x,j}   = v_x . tanh(U_j g + a_j) + u_j . g + b_{x,j}   for the S frequent x
         l_{x,j}   = u_j . g                                        for all other x (shared gates)
 
-    Gate sharing makes an exact shortcut possible: for x >= S the priors pi_k do not depend on x,
-    so logit_x = (sum_k pi_k h_k) . w_x is one V-wide matmul with a mixed context vector; only the
-    S frequent tokens need K dot products each. K x V logits are never materialised.
+    The S frequent tokens are the ids a .. a+S-1 of a frequency-sorted dictionary, where a is
+    the first id that can be a target (2 in fairseq's dictionaries, whose ids 0 and 1 are <s>
+    and <pad>); ``gate_slot_start`` holds a and is saved in checkpoints.
+
+    Gate sharing makes an exact shortcut possible: for the other tokens the priors pi_k do not
+    depend on x, so logit_x = (sum_k pi_k h_k) . w_x is one matmul with a mixed context vector;
+    only the S frequent tokens need K dot products each. K x V logits are never materialised.
     """
 
     default_components = 4
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
-                 components: int = 4, gate_dim: int = 64, frequent_tokens: float = 0.1,
-                 context_scale: float = 1.0):
+                 components: int = 4, gate_dim: Optional[int] = None,
+                 frequent_tokens: float = 0.1, context_scale: Optional[float] = None,
+                 first_target: int = 0):
         super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
         check_components(components, power_of_two=True)
+        gate_dim = default_gate_dim(self.embed_dim) if gate_dim is None else gate_dim
         check_option(isinstance(gate_dim, int) and gate_dim >= 1, "--mixtape-gate-dim (d1)",
                      gate_dim, "an integer >= 1")
-        self.components, self.gate_dim = components, gate_dim
-        self.context_scale = check_context_scale(context_scale)
+        self.gate_dim = gate_dim
         self.frequent = resolve_frequent_tokens(frequent_tokens, num_tokens) if components > 1 else 0
+        self.slot_start = check_slot_start(first_target, self.frequent, num_tokens)
+        self.register_buffer("gate_slot_start", torch.tensor(self.slot_start))
         self.context = nn.Linear(input_dim, components * self.embed_dim)  # H_k, e_k stacked
         if components > 1:
             gates = components - 1
@@ -81,12 +103,28 @@ class Mixtape(OutputLayer):
             self.gate_embed = nn.Parameter(torch.empty(self.frequent, gate_dim))  # v_x
             self.gate_bias = nn.Parameter(torch.zeros(self.frequent, gates))     # b_{x,j}
             nn.init.normal_(self.gate_embed, std=gate_dim ** -0.5)
+        self.init_contexts(components, context_scale)
 
     @classmethod
-    def from_config(cls, cfg, **common):
+    def from_config(cls, cfg, first_target: int = 0, **common):
         return cls(**common, components=cls.components_from(cfg),
-                   gate_dim=cfg.mixtape_gate_dim, frequent_tokens=cfg.mixtape_frequent_tokens,
-                   context_scale=getattr(cfg, "output_context_scale", 1.0))
+                   gate_dim=getattr(cfg, "mixtape_gate_dim", None),
+                   frequent_tokens=cfg.mixtape_frequent_tokens,
+                   context_scale=getattr(cfg, "output_context_scale", None),
+                   first_target=first_target)
+
+    def legacy_buffers(self) -> Dict[str, float]:
+        # before the slots were stored, the first S ids had their own gates
+        return {**super().legacy_buffers(), "gate_slot_start": 0}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.slot_start = int(self.gate_slot_start)  # a Python int for the forward's splits
+
+    @property
+    def frequent_ids(self) -> range:
+        """The ids of the S tokens with their own gates."""
+        return range(self.slot_start, self.slot_start + self.frequent)
 
     def tree_priors(self, gate_logits: torch.Tensor) -> torch.Tensor:
         """Gate logits (..., K-1) -> priors (..., K): product of sigmoids along each leaf's path."""
@@ -100,8 +138,8 @@ class Mixtape(OutputLayer):
         return self.tree_priors(upcast(self.shared_gate(features)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        K, S = self.components, self.frequent
-        h = tanh_contexts(self.context, features, K, self.context_scale)      # (..., K, E)
+        K, S, a = self.components, self.frequent, self.slot_start
+        h = self.contexts(features)                                            # (..., K, E)
         if K == 1:
             return upcast(self.token_logits(h.squeeze(-2)))
         shared_logits = upcast(self.shared_gate(features))                    # (..., K-1)
@@ -111,11 +149,11 @@ class Mixtape(OutputLayer):
         if S == 0:
             logits = upcast(F.linear(mixed, self.weight))                      # (..., V)
         else:
-            # mixed . w_x for x >= S and h_k . w_x for x < S, in one autograd node
-            rest, component_logits = SplitProjection.apply(mixed, h, self.weight, S)
+            # mixed . w_x for the other x and h_k . w_x for the S frequent x, in one autograd node
+            before, component_logits, after = SplitProjection.apply(mixed, h, self.weight, a, S)
             frequent = self.frequent_logits(features, shared_logits, upcast(component_logits))
-            # cat promotes rest (e.g. bfloat16 under autocast) to frequent's float32 in its copy
-            logits = torch.cat([frequent, rest], -1)                           # (..., V)
+            # cat promotes before/after (e.g. bfloat16 under autocast) to frequent's float32
+            logits = torch.cat([before, frequent, after], -1)                  # (..., V)
         return logits if self.bias is None else logits + self.bias
 
     def frequent_logits(self, features, shared_logits, component_logits) -> torch.Tensor:
@@ -154,51 +192,59 @@ def tree_mix(values: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
 
 
 class SplitProjection(torch.autograd.Function):
-    """(rest_input (..., E), frequent_input (..., K, E), weight (V, E), S) ->
-    (rest_input . w_x for x >= S: (..., V-S), frequent_input_k . w_x for x < S: (..., K, S)).
+    """(mixed (..., E), contexts (..., K, E), weight (V, E), a, S) ->
+    (mixed . w_x for x < a: (..., a), contexts_k . w_x for a <= x < a+S: (..., K, S),
+     mixed . w_x for x >= a+S: (..., V-a-S)).
 
-    Two matmuls with the two row blocks of one weight. Autograd through ``weight[S:]`` and
-    ``weight[:S]`` would build the (V, E) weight gradient from two blocks and copy them into a
-    new (V, E) tensor (slices: two zero-filled ones); here backward writes both blocks straight
-    into one. Under autocast the matmuls run in the autocast dtype, as ``F.linear`` would.
+    Matmuls with the three row blocks of one weight. Autograd through slices of ``weight`` would
+    build the (V, E) weight gradient from blocks and copy them into a new (V, E) tensor (slices:
+    zero-filled ones); here backward writes every block straight into one. Under autocast the
+    matmuls run in the autocast dtype, as ``F.linear`` would.
     """
 
     @staticmethod
-    def forward(ctx, rest_input, frequent_input, weight, split):
+    def forward(ctx, mixed, contexts, weight, start, frequent):
         device = weight.device.type
         dtype = autocast_dtype(device)
         if dtype is not None:
-            rest_input, frequent_input, weight = (
-                x.to(dtype) for x in (rest_input, frequent_input, weight))
+            mixed, contexts, weight = (x.to(dtype) for x in (mixed, contexts, weight))
         with torch.autocast(device, enabled=False):
-            frequent_weight, rest_weight = weight.split([split, weight.shape[0] - split])
-            rest = F.linear(rest_input, rest_weight)
-            frequent = torch.matmul(frequent_input, frequent_weight.t())
-        ctx.save_for_backward(rest_input, frequent_input, weight)
-        ctx.split = split
-        return rest, frequent
+            head, middle, tail = split_rows(weight, start, frequent)
+            outputs = (F.linear(mixed, head), torch.matmul(contexts, middle.t()),
+                       F.linear(mixed, tail))
+        ctx.save_for_backward(mixed, contexts, weight)
+        ctx.blocks = start, frequent
+        return outputs
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_rest, grad_frequent):
-        rest_input, frequent_input, weight = ctx.saved_tensors
-        S, E = ctx.split, weight.shape[1]
-        frequent_weight, rest_weight = weight.split([S, weight.shape[0] - S])
-        grad_rest, grad_frequent = grad_rest.to(weight.dtype), grad_frequent.to(weight.dtype)
-        grad_rest_input = grad_frequent_input = grad_weight = None
+    def backward(ctx, grad_head, grad_middle, grad_tail):
+        mixed, contexts, weight = ctx.saved_tensors
+        E = weight.shape[1]
+        head, middle, tail = split_rows(weight, *ctx.blocks)
+        grad_head, grad_middle, grad_tail = (
+            g.to(weight.dtype) for g in (grad_head, grad_middle, grad_tail))
+        grad_mixed = grad_contexts = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_rest_input = torch.matmul(grad_rest, rest_weight)
+            grad_mixed = torch.matmul(grad_tail, tail)
+            if head.shape[0]:
+                grad_mixed = grad_mixed + torch.matmul(grad_head, head)
         if ctx.needs_input_grad[1]:
-            grad_frequent_input = torch.matmul(grad_frequent, frequent_weight)
+            grad_contexts = torch.matmul(grad_middle, middle)
         if ctx.needs_input_grad[2]:
             grad_weight = torch.empty_like(weight)
-            frequent_grad, rest_grad = grad_weight.split([S, weight.shape[0] - S])
-            torch.mm(grad_frequent.reshape(-1, S).t(), frequent_input.reshape(-1, E),
-                     out=frequent_grad)
-            if rest_grad.numel():                                    # empty where S = V
-                torch.mm(grad_rest.reshape(-1, rest_grad.shape[0]).t(),
-                         rest_input.reshape(-1, E), out=rest_grad)
-        return grad_rest_input, grad_frequent_input, grad_weight, None
+            for block, grad, inputs in zip(split_rows(grad_weight, *ctx.blocks),
+                                           (grad_head, grad_middle, grad_tail),
+                                           (mixed, contexts, mixed)):
+                if block.numel():                    # the head is empty where a = 0, the tail
+                    torch.mm(grad.reshape(-1, block.shape[0]).t(),  # where a + S = V
+                             inputs.reshape(-1, E), out=block)
+        return grad_mixed, grad_contexts, grad_weight, None, None
+
+
+def split_rows(weight: torch.Tensor, start: int, frequent: int):
+    """The row blocks [0, a), [a, a+S), [a+S, V) of a (V, ...) tensor, as views."""
+    return weight.split([start, frequent, weight.shape[0] - start - frequent])
 
 
 def autocast_dtype(device_type: str):

@@ -1,19 +1,20 @@
 """Mixture of Softmaxes (Yang, Dai, Salakhutdinov, Cohen, ICLR 2018)."""
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import (OutputLayer, check_components, check_context_scale, check_option,
-                   register_output_layer, tanh_contexts, upcast)
+from .base import ContextMixture, check_components, check_option, register_output_layer, upcast
 
 
 @register_output_layer("mos")
-class MixtureOfSoftmaxes(OutputLayer):
+class MixtureOfSoftmaxes(ContextMixture):
     """K softmaxes over K context vectors, mixed by a context-dependent prior (MoS eq. 4):
 
         pi_k       = softmax_k(W_pi g)
-        h_k        = tanh(W_k g + c_k)       (times --output-context-scale, 1 in the paper)
+        h_k        = c tanh(W_k g + e_k)     (c: the context scale, 1 in the paper)
         log p(x|g) = logsumexp_k( log pi_k + log_softmax_x(h_k . w_x + b_x) )
 
     The mixture is computed exactly in log space (the official code's ``log(p + 1e-8)`` floor
@@ -25,29 +26,29 @@ class MixtureOfSoftmaxes(OutputLayer):
     default_components = 15
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
-                 components: int = 15, context_dropout: float = 0.0, context_scale: float = 1.0):
+                 components: int = 15, context_dropout: float = 0.0,
+                 context_scale: Optional[float] = None):
         super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
         check_components(components)
         check_option(0.0 <= context_dropout < 1.0, "--mos-context-dropout", context_dropout,
                      "a probability in [0, 1)")
-        self.components = components
         self.context_dropout = context_dropout
-        self.context_scale = check_context_scale(context_scale)
         self.prior = nn.Linear(input_dim, components, bias=False)        # W_pi
-        self.context = nn.Linear(input_dim, components * self.embed_dim)  # W_k, c_k stacked
+        self.context = nn.Linear(input_dim, components * self.embed_dim)  # W_k, e_k stacked
+        self.init_contexts(components, context_scale)
 
     @classmethod
-    def from_config(cls, cfg, **common):
+    def from_config(cls, cfg, first_target: int = 0, **common):
         return cls(**common, components=cls.components_from(cfg),
                    context_dropout=cfg.mos_context_dropout,
-                   context_scale=getattr(cfg, "output_context_scale", 1.0))
+                   context_scale=getattr(cfg, "output_context_scale", None))
 
     def gate_priors(self, features):
         return F.softmax(upcast(self.prior(features)), dim=-1)
 
     def contexts(self, features: torch.Tensor) -> torch.Tensor:
         """features (..., C) -> context vectors h (..., K, E)."""
-        h = tanh_contexts(self.context, features, self.components, self.context_scale)
+        h = super().contexts(features)
         if self.training and self.context_dropout > 0:
             h = h * self.sequence_dropout_mask(h)
         return h
