@@ -149,11 +149,24 @@ def test_chunks_bound_peak_memory_in_forward_and_backward(parsed):
     assert_same(*results)
 
 
-def test_context_dropout_masks_are_recomputed_identically(parsed):
-    """Backward recomputes each chunk with the RNG state of its forward pass: the gradient is
-    that of the loss with the forward's masks, one per sequence."""
-    task, model, sample = model_and_sample(parsed, "transformer", "mos", mos_context_dropout=0.5)
+MIXTAPE_REGULARISERS = dict(mixtape_context_dropout=0.3, mixtape_gate_dropout=0.3,
+                            mixtape_gate_noise=0.5)
+
+
+@pytest.mark.parametrize("layer,options", [("mos", dict(mos_context_dropout=0.5)),
+                                           ("mixtape", MIXTAPE_REGULARISERS)])
+def test_random_draws_are_recomputed_identically(parsed, layer, options):
+    """Backward recomputes each checkpointed chunk with the RNG state of its forward pass: the
+    gradient is that of the loss with the forward's draws (MoS: context dropout; Mixtape: context
+    and gate dropout, one mask per sequence, and gate noise), as in the same chunks computed
+    without checkpoints under the same seed."""
+    task, model, sample = model_and_sample(parsed, "transformer", layer, **options)
     model.train()
+    output_layer = output_layer_of(model)
+    assert output_layer.context_dropout > 0
+    if layer == "mixtape":
+        assert (output_layer.gate_dropout, output_layer.gate_noise) == (0.3, 0.5)
+        assert output_layer.frequent > 0
     criterion = OutputLayerCrossEntropyCriterion(task, False, output_chunk_tokens=1)
     torch.manual_seed(1)
     loss, _, _, grads = run(criterion, model, sample)
@@ -161,15 +174,15 @@ def test_context_dropout_masks_are_recomputed_identically(parsed):
     torch.manual_seed(1)  # the same computation by hand: one sequence at a time, no checkpoints
     model.zero_grad()
     features, _ = model(**sample["net_input"], features_only=True)
-    layer, target, pad = output_layer_of(model), sample["target"], task.target_dictionary.pad()
-    ref_loss = sum(token_losses(layer, features[i:i + 1], target[i:i + 1], pad, False, False)
-                   .nll.sum() for i in range(len(target)))
+    target, pad = sample["target"], task.target_dictionary.pad()
+    ref_loss = sum(token_losses(output_layer, features[i:i + 1], target[i:i + 1], pad, False,
+                                False).nll.sum() for i in range(len(target)))
     ref_loss.backward()
     assert torch.allclose(loss, ref_loss.detach(), rtol=1e-6)
     for name, p in model.named_parameters():
         assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-6), name
 
-    torch.manual_seed(2)  # and the masks do matter: other masks, another loss
+    torch.manual_seed(2)  # and the draws do matter: other draws, another loss
     assert not torch.allclose(criterion(model, sample)[0], loss)
 
 

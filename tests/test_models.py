@@ -48,6 +48,19 @@ def test_context_scale_flag_reaches_the_layer(family):
     assert float(output_layer_of(model).context_scale) == 4.0
 
 
+def test_regulariser_flags_reach_the_layers():
+    mixtape = output_layer_of(build("transformer", "mixtape")[1])
+    assert (mixtape.context_dropout, mixtape.gate_dropout, mixtape.gate_noise) == (0, 0, 0)
+    _, model = build("transformer", "mixtape", "--mixtape-context-dropout", "0.3",
+                     "--mixtape-gate-dropout", "0.2", "--mixtape-gate-noise", "0.5")
+    mixtape = output_layer_of(model)
+    assert (mixtape.context_dropout, mixtape.gate_dropout, mixtape.gate_noise) == (0.3, 0.2, 0.5)
+    mos = output_layer_of(build("lstm_lm", "mos", "--mos-context-dropout", "0.29")[1])
+    assert mos.context_dropout == 0.29
+    with pytest.raises(ValueError, match="--mixtape-gate-noise: got -1.0"):
+        build("transformer_lm", "mixtape", "--mixtape-gate-noise", "-1")
+
+
 @pytest.mark.parametrize("layer", LAYERS)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_tied_embeddings_are_one_parameter(family, layer):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fairseq_mixtape.output_layers import OUTPUT_LAYERS, OutputLayerConfig, build_output_layer
+from fairseq_mixtape.output_layers import OUTPUT_LAYERS, OutputLayerConfig, base, build_output_layer
 from fairseq_mixtape.output_layers.mixtape import Mixtape, resolve_frequent_tokens
 from fairseq_mixtape.output_layers.mos import MixtureOfSoftmaxes
 from fairseq_mixtape.output_layers.sigsoftmax import sigsoftmax_logits
@@ -181,16 +181,154 @@ def test_mos_is_exact_where_probability_space_underflows():
     assert torch.allclose(got, expected, rtol=0, atol=1e-6)
 
 
-def test_mos_context_dropout_one_mask_per_sequence_shared_over_time():
-    layer = build("mos", output_components=4, mos_context_dropout=0.5).train()
-    g = torch.randn(6, 1, C).expand(6, 9, C)  # the same features at every time step
-    h = layer.contexts(g)                     # (B, T, K, E)
-    assert torch.equal(h, h[:, :1].expand_as(h)), "mask must be shared over time steps"
-    zeros = (h == 0)
-    assert zeros.any() and not zeros.all()
-    assert not torch.equal(zeros[0], zeros[1:]) or not torch.equal(zeros[1], zeros[2])
-    layer.eval()
-    assert (layer.contexts(g) != 0).all()
+def assert_one_mask_per_sequence(dropped, kept, p):
+    """``dropped`` (B, T, ...) is ``kept`` times an inverted-dropout mask that must be one per
+    sequence, shared over the T time steps: each unit is 0 at every time step of a sequence or
+    kept / (1 - p) at every one, and the sequences' masks differ."""
+    zeros = dropped == 0
+    assert zeros.any() and not zeros.all() and (kept != 0).all()
+    for t in range(1, zeros.shape[1]):  # the mask of each time step, of the same shape (B, ...)
+        assert torch.equal(zeros[:, t], zeros[:, 0]), f"time step {t} has another mask"
+    assert torch.allclose(dropped[~zeros], kept[~zeros] / (1 - p), rtol=1e-6, atol=0)
+    assert any(not torch.equal(zeros[b], zeros[0]) for b in range(1, len(zeros))), \
+        "every sequence has the same mask"
+
+
+@pytest.mark.parametrize("name", ["mos", "mixtape"])
+def test_context_dropout_one_mask_per_sequence_shared_over_time(name):
+    layer = build(name, output_components=4, **{f"{name}_context_dropout": 0.5})
+    assert layer.context_dropout == 0.5
+    g = torch.randn(6, 9, C)                  # other features at every time step
+    torch.manual_seed(0)
+    h = layer.train().contexts(g)             # (B, T, K, E)
+    kept = layer.eval().contexts(g)
+    assert_one_mask_per_sequence(h, kept, 0.5)
+    assert torch.equal(layer.contexts(g), kept)  # eval: no dropout
+
+
+# ---------------------------------------------------------------------------------- Mixtape's regularisers
+REGULARISERS = dict(mixtape_context_dropout=0.3, mixtape_gate_dropout=0.3, mixtape_gate_noise=0.5)
+
+
+def build_mixtape(first_target=0, **options):
+    cfg = OutputLayerConfig(output_layer="mixtape", output_components=4, mixtape_gate_dim=5,
+                            mixtape_frequent_tokens=7, **options)
+    return build_output_layer(cfg, C, V, first_target=first_target).double()
+
+
+def record_draws(layer, monkeypatch):
+    """Lists that fill, as ``layer`` runs, with its dropout masks and gate noise, in draw order."""
+    masks, noise = [], []
+    draw_mask, add_noise = base.sequence_dropout_mask, layer.gate_logit_noise
+
+    def recorded_mask(x, p):
+        masks.append(draw_mask(x, p))
+        return masks[-1]
+
+    def recorded_noise(logits):
+        noisy = add_noise(logits)
+        noise.append(noisy - logits)
+        return noisy
+
+    monkeypatch.setattr(base, "sequence_dropout_mask", recorded_mask)
+    monkeypatch.setattr(layer, "gate_logit_noise", recorded_noise)
+    return masks, noise
+
+
+def test_mixtape_regularised_shortcut_equals_naive_reference(monkeypatch):
+    """In training, the shortcut with the three regularisers is the naive layer (float64, all
+    K x V logits) with the same masks on h_k and tanh(U_j g + a_j) and the same noisy gate
+    logits; the masks are one per sequence."""
+    layer = build_mixtape(first_target=2, output_bias=True, **REGULARISERS)
+    masks, noise = record_draws(layer, monkeypatch)
+    g = torch.randn(3, 5, C, dtype=torch.float64) * 2
+    logits = layer.train()(g)
+    K, E, S, d1 = 4, layer.embed_dim, layer.frequent, layer.gate_dim
+    assert [m.shape for m in masks] == [(3, 1, K, E), (3, 1, K - 1, d1)]
+    assert [n.shape for n in noise] == [(3, 5, K - 1), (3, 5, K - 1, S)]
+    reference = mixtape_regularised_reference(layer, g, *masks, *noise)
+    assert torch.allclose(logits, reference, rtol=0, atol=1e-9)
+    assert not torch.allclose(logits, mixtape_regularised_reference(layer, g), atol=1e-3)
+
+
+def mixtape_regularised_reference(layer: Mixtape, g, context_mask=1.0, gate_mask=1.0,
+                                  shared_noise=0.0, frequent_noise=0.0):
+    """The naive layer for g (B, T, C) with the given draws of the regularisers: all K x V
+    component logits h_k . w_x and V x (K-1) gate logits, the frequent ones' slots at a.. a+S-1."""
+    K, S, a = layer.components, layer.frequent, layer.slot_start
+    h = layer.context_scale * torch.tanh(layer.context(g)).unflatten(-1, (K, -1)) * context_mask
+    component_logits = torch.einsum("btke,ve->btvk", h, layer.weight)      # (B, T, V, K)
+    shared = layer.shared_gate(g)                                          # (B, T, K-1)
+    gate_logits = (shared + shared_noise).unsqueeze(2).repeat(1, 1, V, 1)  # (B, T, V, K-1)
+    t = torch.tanh(layer.gate_hidden(g)).unflatten(-1, (K - 1, -1)) * gate_mask
+    own = torch.einsum("btjd,sd->btsj", t, layer.gate_embed) + layer.gate_bias
+    if torch.is_tensor(frequent_noise):
+        frequent_noise = frequent_noise.transpose(-1, -2)                  # (B, T, S, K-1)
+    gate_logits[:, :, a:a + S] = shared.unsqueeze(2) + own + frequent_noise
+    tree = tree_priors_reference(gate_logits, list(range(K)))
+    priors = torch.stack([tree[k] for k in range(K)], dim=-1)
+    return (priors * component_logits).sum(-1) + layer.bias
+
+
+@pytest.mark.parametrize("options", [
+    dict(mixtape_context_dropout=0.3), dict(mixtape_gate_dropout=0.3),
+    dict(mixtape_gate_noise=0.5), REGULARISERS])
+def test_mixtape_regularisers_are_train_only(options):
+    torch.manual_seed(0)
+    plain = build_mixtape()
+    regularised = build_mixtape(**options)
+    regularised.load_state_dict(plain.state_dict())
+    g = torch.randn(4, 6, C, dtype=torch.float64)
+    expected = plain.eval()(g)
+    assert torch.equal(regularised.eval()(g), expected)         # eval: exactly the plain layer
+    assert torch.equal(plain.train()(g), expected)              # all at 0: train = eval
+    assert not torch.allclose(regularised.train()(g), expected, atol=1e-3)  # train: changed
+
+
+def test_mixtape_gate_dropout_zeroes_whole_gate_hidden_units_per_sequence():
+    layer = build_mixtape(mixtape_gate_dropout=0.5)
+    g = torch.randn(6, 9, C, dtype=torch.float64)
+    torch.manual_seed(0)
+    hidden = layer.train().gate_hidden_units(g)                 # (B, T, K-1, d1)
+    kept = layer.eval().gate_hidden_units(g)
+    assert hidden.shape == (6, 9, 3, layer.gate_dim)
+    assert_one_mask_per_sequence(hidden, kept, 0.5)
+
+
+def test_mixtape_gate_noise_has_the_right_std(monkeypatch):
+    """One N(0, sigma^2) draw per position on each shared gate logit u_j . g, and one per
+    position and frequent token on the frequent tokens' gate logits (loose statistical bounds:
+    the sample std of n draws is within 5/sqrt(2n) relative of sigma with overwhelming odds)."""
+    sigma = 0.5
+    layer = build_mixtape(mixtape_gate_noise=sigma).train()
+    _, noise = record_draws(layer, monkeypatch)
+    torch.manual_seed(0)
+    layer(torch.randn(8, 64, C, dtype=torch.float64))
+    shared, frequent = noise
+    assert shared.shape == (8, 64, 3) and frequent.shape == (8, 64, 3, layer.frequent)
+    for draws in (shared, frequent):
+        n = draws.numel()
+        assert abs(draws.mean()) < 5 * sigma / n ** 0.5
+        assert abs(draws.std() / sigma - 1) < 5 / (2 * n) ** 0.5
+    assert not torch.equal(shared[:, 0], shared[:, 1])          # drawn for each position
+    correlation = torch.corrcoef(shared.flatten(0, 1).t())      # of the K-1 gates' draws
+    assert (correlation - torch.eye(3)).abs().max() < 0.2
+
+
+@pytest.mark.parametrize("option,value,allowed", [
+    ("mixtape_context_dropout", 1.0, "a probability in [0, 1)"),
+    ("mixtape_context_dropout", -0.1, "a probability in [0, 1)"),
+    ("mixtape_gate_dropout", float("nan"), "a probability in [0, 1)"),
+    ("mixtape_gate_dropout", 1.5, "a probability in [0, 1)"),
+    ("mixtape_gate_noise", -0.5, "a finite number >= 0"),
+    ("mixtape_gate_noise", float("inf"), "a finite number >= 0"),
+    ("mixtape_gate_noise", float("nan"), "a finite number >= 0"),
+])
+def test_bad_regulariser_values_name_the_flag_the_value_and_what_is_allowed(option, value, allowed):
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(ValueError) as error:
+        build_output_layer(OutputLayerConfig(output_layer="mixtape", **{option: value}), C, V)
+    assert str(error.value).startswith(f"{flag}: got {value!r}; allowed: {allowed}")
 
 
 # ---------------------------------------------------------------------------------- Sigsoftmax

@@ -54,6 +54,20 @@ class OutputLayerConfig(FairseqDataclass):
                           "frequency-sorted dictionary that can be targets: not <s> or <pad>) "
                           "that get their own gates; all others share one. A value in [0, 1) "
                           "is a fraction of the vocabulary, a whole number >= 1 a count"})
+    mixtape_context_dropout: float = field(
+        default=0.0,
+        metadata={"help": "mixtape: dropout on the K context vectors h_k, one mask per sequence "
+                          "shared over time steps (as --mos-context-dropout); training only"})
+    mixtape_gate_dropout: float = field(
+        default=0.0,
+        metadata={"help": "mixtape: dropout on the frequent tokens' gate hidden layer "
+                          "tanh(U_j g + a_j), one mask per sequence shared over time steps; "
+                          "training only"})
+    mixtape_gate_noise: float = field(
+        default=0.0,
+        metadata={"help": "mixtape: standard deviation sigma of Gaussian noise N(0, sigma^2) "
+                          "added to the gate logits before the sigmoids (the K-1 shared ones of "
+                          "each position, and the S frequent tokens' own); training only"})
 
 
 def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,

@@ -107,7 +107,10 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
 
 class ContextMixture(OutputLayer):
     """What MoS and Mixtape share: K context vectors h_k = c tanh(W_k g + e_k) from one stacked
-    map ``self.context`` (C -> K * E), and the context scale c.
+    map ``self.context`` (C -> K * E), the context scale c, and dropout on the context vectors
+    (``self.context_dropout`` p, 0 = off), one mask per sequence shared over time steps:
+
+        h_k = c tanh(W_k g_t + e_k) * m_k / (1 - p),   m ~ Bernoulli(1 - p)^(K x E) per sequence
 
     The papers have c = 1. The tanh then bounds each logit h_k . w_x, and mixing K contexts
     flattens them further, so such a layer starts with log-probabilities several times flatter
@@ -118,8 +121,13 @@ class ContextMixture(OutputLayer):
     instead (1 = the papers' layer).
     """
 
-    def init_contexts(self, components: int, context_scale: Optional[float]):
-        """Call at the end of the subclass's __init__, once every parameter exists."""
+    context_dropout: float = 0.0
+
+    def init_contexts(self, components: int, context_scale: Optional[float],
+                      context_dropout: float = 0.0, dropout_flag: str = "context dropout"):
+        """Call at the end of the subclass's __init__, once every parameter exists;
+        ``dropout_flag`` is the layer's flag for ``context_dropout``, for its error message."""
+        self.context_dropout = check_probability(context_dropout, dropout_flag)
         self.components = components
         self.configured_scale = check_context_scale(context_scale)
         self.register_buffer("context_scale", torch.tensor(1.0))
@@ -127,13 +135,31 @@ class ContextMixture(OutputLayer):
                                  else matched_context_scale(self))
 
     def contexts(self, features: torch.Tensor) -> torch.Tensor:
-        """features (..., C) -> the K context vectors h (..., K, E)."""
+        """features (..., C) -> the K context vectors h (..., K, E); in training with context
+        dropout, for features (B, T, C), one mask (B, 1, K, E) per sequence (MoS's dropoutl)."""
         h = torch.tanh(self.context(features)) * self.context_scale
-        return h.unflatten(-1, (self.components, -1))          # (..., K * E) -> (..., K, E)
+        h = h.unflatten(-1, (self.components, -1))             # (..., K * E) -> (..., K, E)
+        return sequence_dropout(h, self.context_dropout, self.training)
 
     def legacy_buffers(self) -> Dict[str, float]:
         # before the scale was stored, a layer had the configured scale, by default 1
         return {**super().legacy_buffers(), "context_scale": self.configured_scale or 1.0}
+
+
+def sequence_dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """An inverted-dropout mask for x, with values 0 and 1 / (1 - p): for 4-dim x (B, T, ...),
+    a mask (B, 1, ...), one per sequence, shared over the time steps; for other shapes, one of
+    x's own shape (elementwise)."""
+    shape = (x.shape[0], 1, *x.shape[2:]) if x.dim() == 4 else x.shape
+    keep = 1.0 - p
+    return x.new_empty(shape).bernoulli_(keep) / keep
+
+
+def sequence_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """x times a ``sequence_dropout_mask`` in training with p > 0; x itself otherwise."""
+    if not training or p == 0:
+        return x
+    return x * sequence_dropout_mask(x, p)
 
 
 def matched_context_scale(layer: ContextMixture, iterations: int = 3) -> float:
@@ -173,6 +199,21 @@ def check_context_scale(scale) -> Optional[float]:
                  "a finite number > 0 (1 = the papers' layer), or unset (match a softmax's "
                  "initial spread)")
     return None if scale is None else float(scale)
+
+
+def check_probability(p, flag: str) -> float:
+    """A dropout probability in [0, 1) (NaN is refused: it fails both comparisons)."""
+    check_option(isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p < 1.0,
+                 flag, p, "a probability in [0, 1)")
+    return float(p)
+
+
+def check_noise(std, flag: str) -> float:
+    """A standard deviation of Gaussian noise: a finite number >= 0 (0 = off)."""
+    check_option(isinstance(std, (int, float)) and not isinstance(std, bool)
+                 and math.isfinite(std) and std >= 0,
+                 flag, std, "a finite number >= 0 (a standard deviation; 0 = no noise)")
+    return float(std)
 
 
 def check_components(components, power_of_two: bool = False):

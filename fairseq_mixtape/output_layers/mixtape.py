@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .base import ContextMixture, check_components, check_option, register_output_layer, upcast
+from .base import (ContextMixture, check_components, check_noise, check_option, check_probability,
+                   register_output_layer, sequence_dropout, upcast)
 
 
 def resolve_frequent_tokens(frequent_tokens: float, num_tokens: int) -> int:
@@ -74,6 +75,24 @@ class Mixtape(ContextMixture):
     Gate sharing makes an exact shortcut possible: for the other tokens the priors pi_k do not
     depend on x, so logit_x = (sum_k pi_k h_k) . w_x is one matmul with a mixed context vector;
     only the S frequent tokens need K dot products each. K x V logits are never materialised.
+
+    The regularisers of the tensorflow/mesh reference, in training only (0 = off; eval, generation
+    and eval-lm are deterministic), in forms that keep the shortcut, for g_t at time step t:
+
+        --mixtape-context-dropout p:  h_k = c tanh(H_k g_t + e_k) * m_k / (1 - p),
+                                      m ~ Bernoulli(1 - p)^(K x E) once per sequence
+        --mixtape-gate-dropout p:     tanh(U_j g_t + a_j) * n_j / (1 - p) in l_{x,j},
+                                      n ~ Bernoulli(1 - p)^((K-1) x d1) once per sequence
+        --mixtape-gate-noise sigma:   l_{x,j} + eps_{x,j}, eps ~ N(0, sigma^2): for the other
+                                      tokens one eps_j per position, shared as u_j . g is; for
+                                      the S frequent x one eps_{x,j} each
+
+    Both masks are shared over time steps, as MoS's context dropout and the reference's (whose
+    noise_shape leaves out the length dimension); they are elementwise for features that are not
+    (B, T, C). The reference drops the K x V component logits h_k . w_x instead of h_k, and draws
+    the gate noise for each of the V tokens: both would need the K x V logits the shortcut avoids.
+    Every gate logit carries one noise draw: the frequent tokens' l_{x,j} add u_j . g without the
+    shared draw.
     """
 
     default_components = 4
@@ -81,9 +100,12 @@ class Mixtape(ContextMixture):
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
                  components: int = 4, gate_dim: Optional[int] = None,
                  frequent_tokens: float = 0.1, context_scale: Optional[float] = None,
-                 first_target: int = 0):
+                 first_target: int = 0, context_dropout: float = 0.0, gate_dropout: float = 0.0,
+                 gate_noise: float = 0.0):
         super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
         check_components(components, power_of_two=True)
+        self.gate_dropout = check_probability(gate_dropout, "--mixtape-gate-dropout")
+        self.gate_noise = check_noise(gate_noise, "--mixtape-gate-noise")
         gate_dim = default_gate_dim(self.embed_dim) if gate_dim is None else gate_dim
         check_option(isinstance(gate_dim, int) and gate_dim >= 1, "--mixtape-gate-dim (d1)",
                      gate_dim, "an integer >= 1")
@@ -103,7 +125,7 @@ class Mixtape(ContextMixture):
             self.gate_embed = nn.Parameter(torch.empty(self.frequent, gate_dim))  # v_x
             self.gate_bias = nn.Parameter(torch.zeros(self.frequent, gates))     # b_{x,j}
             nn.init.normal_(self.gate_embed, std=gate_dim ** -0.5)
-        self.init_contexts(components, context_scale)
+        self.init_contexts(components, context_scale, context_dropout, "--mixtape-context-dropout")
 
     @classmethod
     def from_config(cls, cfg, first_target: int = 0, **common):
@@ -111,7 +133,10 @@ class Mixtape(ContextMixture):
                    gate_dim=getattr(cfg, "mixtape_gate_dim", None),
                    frequent_tokens=cfg.mixtape_frequent_tokens,
                    context_scale=getattr(cfg, "output_context_scale", None),
-                   first_target=first_target)
+                   first_target=first_target,
+                   context_dropout=getattr(cfg, "mixtape_context_dropout", 0.0),
+                   gate_dropout=getattr(cfg, "mixtape_gate_dropout", 0.0),
+                   gate_noise=getattr(cfg, "mixtape_gate_noise", 0.0))
 
     def legacy_buffers(self) -> Dict[str, float]:
         # before the slots were stored, the first S ids had their own gates
@@ -143,7 +168,8 @@ class Mixtape(ContextMixture):
         if K == 1:
             return upcast(self.token_logits(h.squeeze(-2)))
         shared_logits = upcast(self.shared_gate(features))                    # (..., K-1)
-        shared_gates = torch.sigmoid(shared_logits).unsqueeze(-1)             # (..., K-1, 1)
+        noisy_logits = self.gate_logit_noise(shared_logits)                   # in training
+        shared_gates = torch.sigmoid(noisy_logits).unsqueeze(-1)              # (..., K-1, 1)
         mixed = tree_mix(upcast(h), shared_gates)                              # (..., E)
         mixed = mixed.to(self.weight.dtype)
         if S == 0:
@@ -163,12 +189,30 @@ class Mixtape(ContextMixture):
         logits h_k . w_x (..., K, S), the K-1 gate logits are one matmul, and the sigmoid tree
         mixes them level by level (``tree_mix``), so no (..., S, K) priors or index gathers are
         materialised."""
-        K = self.components
-        gate_hidden = torch.tanh(self.gate_hidden(features)).unflatten(-1, (K - 1, self.gate_dim))
-        gate_logits = torch.matmul(gate_hidden, self.gate_embed.t())           # (..., K-1, S)
+        gate_logits = self.frequent_gate_logits(features, shared_logits)      # (..., K-1, S)
+        return tree_mix(component_logits, torch.sigmoid(gate_logits))          # (..., S)
+
+    def gate_hidden_units(self, features: torch.Tensor) -> torch.Tensor:
+        """tanh(U_j g + a_j) (..., K-1, d1), in training times the gate dropout's mask (for
+        features (B, T, C) one mask (B, 1, K-1, d1) per sequence)."""
+        hidden = torch.tanh(self.gate_hidden(features)).unflatten(
+            -1, (self.components - 1, self.gate_dim))
+        return sequence_dropout(hidden, self.gate_dropout, self.training)
+
+    def frequent_gate_logits(self, features, shared_logits) -> torch.Tensor:
+        """l_{x,j} = v_x . tanh(U_j g + a_j) + u_j . g + b_{x,j} of the S frequent x, (..., K-1, S),
+        with, in training, the gate dropout and noise; ``shared_logits`` u_j . g (..., K-1) as
+        computed, without noise."""
+        gate_logits = torch.matmul(self.gate_hidden_units(features), self.gate_embed.t())
         # + the (float32) shared logits: promotes an autocast dtype to float32 in the same pass
         gate_logits = gate_logits + shared_logits.unsqueeze(-1) + self.gate_bias.t()
-        return tree_mix(component_logits, torch.sigmoid(gate_logits))          # (..., S)
+        return self.gate_logit_noise(gate_logits)
+
+    def gate_logit_noise(self, gate_logits: torch.Tensor) -> torch.Tensor:
+        """gate_logits + eps, eps ~ N(0, sigma^2) elementwise, in training with sigma > 0."""
+        if not self.training or self.gate_noise == 0:
+            return gate_logits
+        return gate_logits + torch.randn_like(gate_logits) * self.gate_noise
 
 
 def tree_mix(values: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import ContextMixture, check_components, check_option, register_output_layer, upcast
+from .base import ContextMixture, check_components, register_output_layer, upcast
 
 
 @register_output_layer("mos")
@@ -18,8 +18,9 @@ class MixtureOfSoftmaxes(ContextMixture):
         log p(x|g) = logsumexp_k( log pi_k + log_softmax_x(h_k . w_x + b_x) )
 
     The mixture is computed exactly in log space (the official code's ``log(p + 1e-8)`` floor
-    caps log-probs at -18.4 and fakes rank). Dropout on the context vectors uses one mask per
-    sequence shared over time steps ("dropoutl"). Costs K full V-wide softmaxes per position.
+    caps log-probs at -18.4 and fakes rank). ``--mos-context-dropout`` drops the context vectors
+    with one mask per sequence shared over time steps ("dropoutl"; ``ContextMixture.contexts``).
+    Costs K full V-wide softmaxes per position.
     """
 
     scores_are_log_probs = True
@@ -30,12 +31,9 @@ class MixtureOfSoftmaxes(ContextMixture):
                  context_scale: Optional[float] = None):
         super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
         check_components(components)
-        check_option(0.0 <= context_dropout < 1.0, "--mos-context-dropout", context_dropout,
-                     "a probability in [0, 1)")
-        self.context_dropout = context_dropout
         self.prior = nn.Linear(input_dim, components, bias=False)        # W_pi
         self.context = nn.Linear(input_dim, components * self.embed_dim)  # W_k, e_k stacked
-        self.init_contexts(components, context_scale)
+        self.init_contexts(components, context_scale, context_dropout, "--mos-context-dropout")
 
     @classmethod
     def from_config(cls, cfg, first_target: int = 0, **common):
@@ -45,19 +43,6 @@ class MixtureOfSoftmaxes(ContextMixture):
 
     def gate_priors(self, features):
         return F.softmax(upcast(self.prior(features)), dim=-1)
-
-    def contexts(self, features: torch.Tensor) -> torch.Tensor:
-        """features (..., C) -> context vectors h (..., K, E)."""
-        h = super().contexts(features)
-        if self.training and self.context_dropout > 0:
-            h = h * self.sequence_dropout_mask(h)
-        return h
-
-    def sequence_dropout_mask(self, h: torch.Tensor) -> torch.Tensor:
-        """For h (B, T, K, E): a mask (B, 1, K, E), one per sequence, shared over time steps."""
-        shape = (h.shape[0], 1, *h.shape[2:]) if h.dim() == 4 else h.shape
-        keep = 1.0 - self.context_dropout
-        return h.new_empty(shape).bernoulli_(keep) / keep
 
     def component_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-component log-probabilities (..., K, V), in float32 under fp16/bf16."""
