@@ -6,7 +6,9 @@ setup(
     description="Mixtape, Mixture of Softmaxes and sigsoftmax output layers for fairseq",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["fairseq_mixtape", "fairseq_mixtape.*"]),
+    # the plugin (what --user-dir points at) and the tools around it (demo, benchmark, ...)
+    packages=find_packages(include=["fairseq_mixtape", "fairseq_mixtape.*",
+                                    "fairseq_mixtape_tools", "fairseq_mixtape_tools.*"]),
     python_requires=">=3.8",
     install_requires=[
         # official fairseq 0.12.2 does not run on Python >= 3.11; fairseq-fixed is its build for it
@@ -24,6 +26,8 @@ setup(
         "matplotlib",
     ],
     entry_points={"console_scripts": [
-        "fairseq-mixtape-bottleneck = fairseq_mixtape.bottleneck:cli",
+        "fairseq-mixtape-bottleneck = fairseq_mixtape_tools.bottleneck:cli",
+        "fairseq-mixtape-demo = fairseq_mixtape_tools.demo:cli",
+        "fairseq-mixtape-benchmark = fairseq_mixtape_tools.benchmark:cli",
     ]},
 )

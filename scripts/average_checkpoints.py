@@ -20,15 +20,14 @@ import collections
 import os
 import re
 import sys
+from pathlib import Path
 
 import torch
 
-try:
-    import fairseq_mixtape  # noqa: F401  (torch >= 2.6 loading allowlist)
-except ImportError:  # not installed: use the checkout this script is in
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import fairseq_mixtape  # noqa: F401
-from fairseq.checkpoint_utils import torch_persistent_save
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+import fairseq_mixtape  # noqa: E402,F401  (torch >= 2.6 loading allowlist)
+from fairseq.checkpoint_utils import torch_persistent_save  # noqa: E402
 
 
 def last_n_checkpoints(folder, n, update_based, upper_bound=None):

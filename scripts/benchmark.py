@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark the output layers (issue 5): see fairseq_mixtape/benchmark.py or --help.
+"""Benchmark the output layers: see fairseq_mixtape_tools/benchmark.py or --help (installed as
+the console script fairseq-mixtape-benchmark).
 
     python scripts/benchmark.py            # default CPU run: CSV, PNG and Markdown in benchmarks/
     python scripts/benchmark.py --quick    # smoke run
@@ -8,9 +9,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from fairseq_mixtape.benchmark import main  # noqa: E402
+from fairseq_mixtape_tools.benchmark import cli  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Rank of trained checkpoints' log-probability matrices: see fairseq_mixtape/bottleneck.py or
---help (installed as the console script fairseq-mixtape-bottleneck).
+"""Rank of trained checkpoints' log-probability matrices: see fairseq_mixtape_tools/bottleneck.py
+or --help (installed as the console script fairseq-mixtape-bottleneck).
 
     python scripts/bottleneck.py CKPT [CKPT ...] --data DATA_BIN --subset test --plot s.png
 """
@@ -8,9 +8,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from fairseq_mixtape.bottleneck import cli  # noqa: E402
+from fairseq_mixtape_tools.bottleneck import cli  # noqa: E402
 
 if __name__ == "__main__":
     cli()

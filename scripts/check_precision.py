@@ -8,12 +8,17 @@ autocast (weights float32, fairseq --amp), and weights and inputs cast (fairseq 
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import fairseq_mixtape  # noqa: F401
-from fairseq_mixtape.output_layers import OUTPUT_LAYERS, OutputLayerConfig, build_output_layer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+import fairseq_mixtape  # noqa: E402,F401
+from fairseq_mixtape.output_layers import (  # noqa: E402
+    OUTPUT_LAYERS, OutputLayerConfig, build_output_layer)
 
 
 def log_probs_and_grad(layer, features, targets, mode, dtype):

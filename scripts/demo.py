@@ -1,19 +1,20 @@
 #!/usr/bin/env python
-"""The project's demo (main job): softmax vs MoS vs Mixtape (vs sigsoftmax) on a language where
+"""The project's demo: softmax vs MoS vs Mixtape (vs sigsoftmax) on a language where
 the softmax bottleneck bites, through the real fairseq command-line tools.
 
     python scripts/demo.py            # about 5 minutes on 2 CPU cores
     python scripts/demo.py -h         # options: --data DIR, --work-dir, --updates, --seed, --layers
 
-The logic lives in ``fairseq_mixtape/demo.py``.
+The logic lives in ``fairseq_mixtape_tools/demo.py`` (installed as the console script
+fairseq-mixtape-demo).
 """
 
-import pathlib
 import sys
+from pathlib import Path
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from fairseq_mixtape.demo import main  # noqa: E402
+from fairseq_mixtape_tools.demo import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job in one command on a fresh machine: set up .venv (once), then run the demo.
+# The demo in one command on a fresh machine: set up .venv (once), then run the demo.
 #
 #   bash scripts/demo.sh [DEMO_ARGS...]        (python scripts/demo.py -h lists them)
 set -euo pipefail

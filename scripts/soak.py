@@ -14,14 +14,14 @@ examples/language_model/prepare.sh ptb --local DIR."""
 
 import argparse
 import math
-import pathlib
 import re
 import sys
 import time
+from pathlib import Path
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from fairseq_mixtape.runner import PACKAGE_DIR, CommandFailed, run_tool  # noqa: E402
+from fairseq_mixtape_tools.runner import PACKAGE_DIR, CommandFailed, run_tool  # noqa: E402
 
 PRECISION_FLAGS = {"fp32": [], "amp": ["--amp"], "fp16": ["--fp16"],
                    "memory_efficient_fp16": ["--memory-efficient-fp16"]}
@@ -30,9 +30,9 @@ PRECISION_FLAGS = {"fp32": [], "amp": ["--amp"], "fp16": ["--fp16"],
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-bin", type=pathlib.Path, required=True,
+    parser.add_argument("--data-bin", type=Path, required=True,
                         help="fairseq-preprocess'd language-modelling data (dict.txt, train/valid)")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/soak"))
+    parser.add_argument("--out", type=Path, default=Path("runs/soak"))
     parser.add_argument("--updates", type=int, default=10000)
     parser.add_argument("--save-every", type=int, default=1000, help="checkpoint interval")
     parser.add_argument("--precision", choices=sorted(PRECISION_FLAGS),

@@ -1,5 +1,6 @@
 """Helpers for tests that need real fairseq tasks and models: tiny binarized corpora, models
-and criterions built from command-line style arguments, batches, and a peak-memory tracker.
+and criterions built from command-line style arguments, batches, and a peak-memory tracker
+(the benchmark's, fairseq_mixtape_tools.memory).
 
     data = make_mt_data(tmp_path)                      # or make_lm_data(tmp_path)
     built = build_from_args([str(data), "--task", "translation", "--arch", "transformer_mos",
@@ -8,25 +9,19 @@ and criterions built from command-line style arguments, batches, and a peak-memo
     loss, sample_size, logging_output = built.criterion(built.model, sample)
 """
 
-import copy
 import random
-from argparse import Namespace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import List, Sequence
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from fairseq import options, tasks
 from fairseq.data import Dictionary
-from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
-from fairseq.tasks.language_modeling import LanguageModelingTask
-from fairseq.tasks.translation import TranslationTask
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from omegaconf import open_dict
+
+from fairseq_mixtape_tools.building import model_config, parse_train_args, task_on, with_overrides
+from fairseq_mixtape_tools.memory import LiveTensorPeak as PeakMemory  # noqa: F401
 
 # Flags for models small enough to build and run in milliseconds (dropout off: deterministic).
 TINY_TRANSFORMER = [
@@ -98,8 +93,7 @@ def build_from_args(argv: List[str]) -> SimpleNamespace:
 
     Returns a namespace with ``cfg`` (the OmegaConf config), ``task``, ``model`` and
     ``criterion`` (``--criterion``, default cross_entropy)."""
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, list(argv))
+    args = parse_train_args(argv)
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)
@@ -110,13 +104,7 @@ def build_from_args(argv: List[str]) -> SimpleNamespace:
 def build_model(built: SimpleNamespace, **overrides):
     """Another model from the configuration ``built`` was parsed from, with some fields changed
     (e.g. ``output_layer="mos"``): builds in milliseconds where parsing takes about a second."""
-    if isinstance(built.cfg.model, Namespace):  # models configured by argparse (lstm, transformer)
-        return built.task.build_model(Namespace(**{**vars(built.cfg.model), **overrides}))
-    model_cfg = copy.deepcopy(built.cfg.model)  # dataclass models (transformer_lm)
-    with open_dict(model_cfg):
-        for key, value in overrides.items():
-            model_cfg[key] = value
-    return built.task.build_model(model_cfg)
+    return built.task.build_model(with_overrides(built.cfg.model, **overrides))
 
 
 def batch(task, split: str = "train", size: int = 4, start: int = 0):
@@ -125,33 +113,6 @@ def batch(task, split: str = "train", size: int = 4, start: int = 0):
         task.load_dataset(split)
     dataset = task.dataset(split)
     return dataset.collater([dataset[i] for i in range(start, start + size)])
-
-
-class PeakMemory(TorchDispatchMode):
-    """Track the bytes of tensor storages created inside the ``with`` block (forward and
-    backward ops alike) that are alive at once, and their peak, on any device:
-
-        with PeakMemory() as memory:
-            loss.backward()
-        memory.peak   # bytes
-
-    Storages that existed before the block (parameters, inputs) are not counted."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = {}  # storage id -> (weak reference, bytes)
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.live = {key: entry for key, entry in self.live.items() if not entry[0].expired()}
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                storage = tensor.untyped_storage()
-                reference = StorageWeakRef(storage)
-                self.live.setdefault(reference.cdata, (reference, storage.nbytes()))
-        self.peak = max(self.peak, sum(nbytes for _, nbytes in self.live.values()))
-        return out
 
 
 # In-memory tiny models of every family (no data files), built through fairseq's CLI parsing.
@@ -199,19 +160,12 @@ def parse(family: str, layer: str, *extra: str, data: str = "unused-data-dir", t
     task, arch, sizes = FAMILIES[family]
     layer_sizes = LAYER_SIZES if layer not in ("softmax", "sigsoftmax") else LAYER_SIZES[2:]
     tie = [TIED.get(family, "--share-decoder-input-output-embed")] if tied else []
-    argv = [data, "--task", task, "--arch", arch, "--output-layer", layer, "--cpu",
-            *sizes, *layer_sizes, *tie, *extra]
-    return options.parse_args_and_arch(options.get_training_parser(), argv)
+    return parse_train_args([data, "--task", task, "--arch", arch, "--output-layer", layer,
+                             "--cpu", *sizes, *layer_sizes, *tie, *extra])
 
 
 def build(family: str, layer: str, *extra: str, tied=True):
     """(task, model) for a tiny ``family`` model with ``layer``, on an in-memory dictionary."""
     args = parse(family, layer, *extra, tied=tied)
-    dictionary = tiny_dictionary()
-    if FAMILIES[family][0] == "translation":
-        task = TranslationTask(args, dictionary, dictionary)
-    else:
-        task = LanguageModelingTask(args, dictionary, output_dictionary=dictionary)
-    if ARCH_MODEL_NAME_REGISTRY[args.arch] in MODEL_DATACLASS_REGISTRY:  # transformer_lm
-        args = convert_namespace_to_omegaconf(args).model  # (slow: hydra; legacy models skip it)
-    return task, task.build_model(args)
+    task = task_on(args, tiny_dictionary())
+    return task, task.build_model(model_config(args))

@@ -4,7 +4,7 @@ every layer and section with finite, positive numbers. No timing is checked."""
 import csv
 import math
 
-from fairseq_mixtape.benchmark import CHUNKED, LAYERS, main
+from fairseq_mixtape_tools.benchmark import CHUNKED, LAYERS, main
 
 NUMBERS = ["time_ms_median", "time_ms_min", "time_ms_max", "time_ms_q1", "time_ms_q3",
            "throughput_per_s", "tensor_mb", "gflops", "params_m"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fairseq_mixtape.bottleneck import RankReport, effective_rank, main
+from fairseq_mixtape_tools.bottleneck import RankReport, effective_rank, main
 from helpers import FAMILIES, fairseq_train, make_lm_data, make_mt_data
 
 

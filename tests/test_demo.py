@@ -1,4 +1,4 @@
-"""The demo (scripts/demo.py, fairseq_mixtape/demo.py): its synthetic language, and a tiny run
+"""The demo (scripts/demo.py, fairseq_mixtape_tools/demo.py): its synthetic language, and a tiny run
 through the real fairseq command-line tools."""
 
 import math
@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from fairseq_mixtape import demo
+from fairseq_mixtape_tools import demo
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +27,14 @@ def test_language_is_high_rank_beyond_the_demo_softmax(language):
     softmax_rank = demo.ModelSpec().output_dim + 1
     assert np.isfinite(log_probs).all()
     assert demo.numerical_rank(log_probs) == language.num_states
-    assert demo.effective_rank(log_probs, eps=1e-3) > 4 * softmax_rank
+    assert demo.centred_effective_rank(log_probs, eps=1e-3) > 4 * softmax_rank
 
 
 def test_rank_measures_on_known_matrices():
     rng = np.random.default_rng(0)
     low_rank = rng.normal(size=(50, 3)) @ rng.normal(size=(3, 40))
     assert demo.numerical_rank(low_rank) == 3
-    assert demo.effective_rank(low_rank + 7.0) <= 3      # row shifts are free
+    assert demo.centred_effective_rank(low_rank + 7.0) <= 3      # row shifts are free
 
 
 def test_samples_follow_the_chain(language):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fairseq_mixtape.experiments import format_mean, mean_and_spread, parse_train_log, seeds_text
+from fairseq_mixtape_tools.experiments import format_mean, mean_and_spread, parse_train_log, seeds_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 D = 16

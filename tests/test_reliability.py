@@ -1,4 +1,4 @@
-"""Reliability (issue 7): extreme activations under float32 and CPU autocast, the precision
+"""Reliability: extreme activations under float32 and CPU autocast, the precision
 flags fairseq supports on CPU (and clear errors for those it does not), and resuming an
 interrupted run onto exactly the updates of an uninterrupted one."""
 

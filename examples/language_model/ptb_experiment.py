@@ -6,7 +6,7 @@ Steps (each finished one is skipped when the script is run again, so it can be i
   prepare  prepare.sh ptb --local DATA: fairseq-preprocess'd PTB in OUT/data-bin
   train    fairseq-train, one run per (output layer, seed), in OUT/runs/LAYER_seedS/
   eval     fairseq-eval-lm on valid and test (the training blocks, no extra context)
-  rank     the test log-probability matrix of each checkpoint (fairseq_mixtape.bottleneck):
+  rank     the test log-probability matrix of each checkpoint (fairseq_mixtape_tools.bottleneck):
            numerical and eps-effective ranks, and one overlaid spectrum plot
   table    RESULTS_DIR/ptb.md (mean and spread over seeds) and ptb.json (every run)
 
@@ -25,10 +25,10 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from fairseq_mixtape.experiments import (  # noqa: E402
+from fairseq_mixtape_tools.experiments import (  # noqa: E402
     format_mean, measure_rank, plan_runs, rank_cell, relative_to, seeds_text, values_of,
     write_results)
-from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
+from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
 STAGES = ("prepare", "train", "eval", "rank", "table")

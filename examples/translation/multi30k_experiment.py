@@ -8,7 +8,7 @@ Steps (each finished one is skipped when the script is run again, so it can be i
   train    fairseq-train, one run per (output layer, seed), in OUT/runs/LAYER_seedS/
   generate fairseq-generate --gen-subset test (beam 5), sentencepiece removed, scored against
            the raw reference with sacrebleu (its default 13a tokenization)
-  rank     the log-probability matrix of each checkpoint on test (fairseq_mixtape.bottleneck)
+  rank     the log-probability matrix of each checkpoint on test (fairseq_mixtape_tools.bottleneck)
   table    RESULTS_DIR/multi30k.md (mean and spread over seeds) and multi30k.json
 
 Everything runs through fairseq's command-line tools with --user-dir fairseq_mixtape, one torch
@@ -29,10 +29,10 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from fairseq_mixtape.experiments import (  # noqa: E402
+from fairseq_mixtape_tools.experiments import (  # noqa: E402
     format_mean, measure_rank, plan_runs, rank_cell, relative_to, seeds_text, values_of,
     write_results)
-from fairseq_mixtape.runner import PACKAGE_DIR, run_tool  # noqa: E402
+from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "mos")
 STAGES = ("prepare", "train", "generate", "rank", "table")

@@ -1,4 +1,4 @@
-"""Speed and memory of the output layers, alone and inside fairseq models (issue 5).
+"""Speed and memory of the output layers, alone and inside fairseq models.
 
     python scripts/benchmark.py            # the default CPU run (4 minutes on 2 loaded cores)
     python scripts/benchmark.py --quick    # a smoke run with tiny sizes (well under a minute)
@@ -41,8 +41,8 @@ The measurement steps, each on a step of its own (optimiser state is created bef
                    allocated before it.
 
 Results: ``<out-dir>/<name>.csv``, ``<name>.png`` (time and memory vs vocabulary, one line
-per layer) and ``<name>.md`` (the tables and the ratios that issue 5's targets are about,
-beside the FLOP model Mixtape ~ (1 + (K-1) S/V) x softmax), also printed.
+per layer) and ``<name>.md`` (the tables and the ratios the project's speed and memory
+targets are about, beside the FLOP model Mixtape ~ (1 + (K-1) S/V) x softmax), also printed.
 """
 
 import argparse
@@ -63,14 +63,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-try:  # matrix-product FLOP formulas of torch's FlopCounterMode, keyed by op
-    from torch.utils.flop_counter import flop_registry as FLOP_FORMULAS
-except ImportError:  # older torch
-    FLOP_FORMULAS = {}
+from .memory import LiveTensorPeak
 
 LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax"]
 SECTIONS = ["output_layer", "mt", "lm", "beam"]
@@ -186,55 +180,6 @@ class Result:
         return self.tokens / self.median
 
 
-class LiveTensorPeak(TorchDispatchMode):
-    """Peak bytes of the tensor storages created inside the block (forward and backward) that
-    are alive at once. Storages that existed before (parameters, inputs, optimiser state) are
-    not counted, nor are their in-place updates. Also counts the FLOPs of the matrix products
-    (``flops``) with the formulas of ``torch.utils.flop_counter`` (FlopCounterMode itself
-    decomposes some ops, which changes what is allocated, so it is not used here).
-
-    ``bound`` counts every storage seen until a scan drops the dead ones; it is scanned only
-    when it would pass the peak, so the peak is exact at a fraction of a scan per op."""
-
-    DECOMPOSE = {torch.ops.aten.linear.default, torch.ops.aten.matmul.default}
-
-    def __init__(self):
-        super().__init__()
-        self.live = {}  # storage id -> (weak reference, bytes)
-        self.bound = self.peak = 0
-        self.flops = 0 if FLOP_FORMULAS else math.nan
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in self.DECOMPOSE:  # reach here whole without autograd (inference mode)
-            with self:
-                out = func.decompose(*args, **kwargs)  # into mm / addmm / bmm, seen here
-            if out is not NotImplemented:
-                return out
-        out = func(*args, **kwargs)
-        formula = FLOP_FORMULAS.get(func._overloadpacket)
-        if formula is not None:
-            self.flops += formula(*args, **kwargs, out_val=out)
-        inputs = {StorageWeakRef(t.untyped_storage()).cdata
-                  for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
-                storage = tensor.untyped_storage()
-                ref = StorageWeakRef(storage)
-                # views and in-place results share an input's storage: not a new one
-                if ref.cdata in inputs:
-                    continue
-                seen = self.live.get(ref.cdata)
-                if seen is None or seen[0].expired():  # new, or a dead one's address reused
-                    self.live[ref.cdata] = (ref, storage.nbytes())
-                    self.bound += storage.nbytes()
-        if self.bound > self.peak:
-            self.live = {key: entry for key, entry in self.live.items() if not entry[0].expired()}
-            self.bound = sum(nbytes for _, nbytes in self.live.values())
-            self.peak = max(self.peak, self.bound)
-        return out
-
-
 _LIBC = None
 
 
@@ -340,7 +285,7 @@ def autocast(args, device):
 # ----------------------------------------------------------------------------- sections
 def output_layer_section(args, device) -> List[Result]:
     """The output layer alone, at every d and V: train and infer steps."""
-    from .output_layers import OutputLayerConfig, build_output_layer
+    from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
 
     results = []
     for dim in args.dims:
@@ -375,31 +320,10 @@ def output_layer_section(args, device) -> List[Result]:
     return results
 
 
-def dictionary_of(vocab: int):
-    """An in-memory fairseq Dictionary of exactly ``vocab`` entries, frequency-sorted."""
-    from fairseq.data import Dictionary
-
-    dictionary = Dictionary()
-    for i in range(vocab - len(dictionary)):
-        dictionary.add_symbol(f"w{i}", n=vocab - i)
-    assert len(dictionary) == vocab
-    return dictionary
-
-
 def model_builder(kind: str, args, device, dictionary):
     """A function layer -> (task, model) for a transformer_wmt_en_de-shaped translation model
     (kind 'mt') or a transformer_lm-shaped language model ('lm'), configured through fairseq's
     own argument parsing (once; each layer then changes only ``output_layer``)."""
-    import copy
-    from argparse import Namespace
-
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
-    from fairseq.tasks.language_modeling import LanguageModelingTask
-    from fairseq.tasks.translation import TranslationTask
-    from omegaconf import open_dict
-
     if kind == "mt":
         argv = ["unused-data", "--task", "translation", "--arch", "transformer_wmt_en_de_mixtape",
                 "--share-all-embeddings", *(QUICK_MT_ARGS if args.quick else [])]
@@ -409,23 +333,13 @@ def model_builder(kind: str, args, device, dictionary):
                 "--tokens-per-sample", str(max(args.lm_length, 512)),
                 *(QUICK_LM_ARGS if args.quick else [])]
     argv += [*shlex.split(args.model_args), *(["--cpu"] if device.type == "cpu" else [])]
-    parsed = options.parse_args_and_arch(options.get_training_parser(), argv)
-    if kind == "mt":
-        task = TranslationTask(parsed, dictionary, dictionary)
-    else:
-        task = LanguageModelingTask(parsed, dictionary, output_dictionary=dictionary)
-    dataclass_model = ARCH_MODEL_NAME_REGISTRY[parsed.arch] in MODEL_DATACLASS_REGISTRY
-    base = convert_namespace_to_omegaconf(parsed).model if dataclass_model else parsed
+    from . import building  # (imports fairseq)
+
+    task, build_model = building.model_builder(argv, dictionary)
 
     def build(layer: str):
-        if dataclass_model:  # transformer_lm: an omegaconf config
-            cfg = copy.deepcopy(base)
-            with open_dict(cfg):
-                cfg.output_layer = layer
-        else:
-            cfg = Namespace(**{**vars(base), "output_layer": layer})
         torch.manual_seed(args.seed)
-        return task, task.build_model(cfg).to(device)
+        return task, build_model(output_layer=layer).to(device)
 
     return build
 
@@ -463,7 +377,7 @@ class Trainer:
     """A model, the plugin's chunked criterion and Adam: one training step as fairseq's."""
 
     def __init__(self, task, model, chunk_tokens: int, args, device, optimizer=None):
-        from .criterions import OutputLayerCrossEntropyCriterion
+        from fairseq_mixtape.criterions import OutputLayerCrossEntropyCriterion
 
         self.model, self.args, self.device = model, args, device
         self.criterion = OutputLayerCrossEntropyCriterion(
@@ -563,7 +477,7 @@ def beam_section(models, task, args, device, dictionary) -> Dict[str, Result]:
 
 # ----------------------------------------------------------------------------- reporting
 def mixtape_flop_model(vocab: int, dim: int, components=4, frequent=0.1, gate_dim=64):
-    """(the issue's FLOP model 1 + (K-1) S/V, and the full multiply-add count of Mixtape's
+    """(the simple FLOP model 1 + (K-1) S/V, and the full multiply-add count of Mixtape's
     forward per position over softmax's V d: context K d^2, frequent tokens K S d, the others
     (V - S) d, gates (K-1) d1 (d + S))."""
     S = int(frequent * vocab)
@@ -601,7 +515,7 @@ def find(results, section, layer, mode=None, vocab=None, dim=None) -> Optional[R
 
 
 def ratios_table(results: List[Result], args) -> List[str]:
-    """The ratios issue 5's targets are about, and the FLOP model beside them."""
+    """The ratios the speed and memory targets are about, and the FLOP model beside them."""
     V = 32000 if 32000 in args.vocabs else args.vocabs[len(args.vocabs) // 2]
     d = 512 if 512 in args.dims else args.dims[0]
     simple, full = mixtape_flop_model(V, d)
@@ -637,7 +551,7 @@ def ratios_table(results: List[Result], args) -> List[str]:
     beam = {name: find(results, "beam", name) for name in LAYERS}
     ol = {(name, mode): find(results, "output_layer", name, mode, V, d)
           for name in LAYERS for mode in ("train", "infer")}
-    rows += ["| ratio (median of per-round ratios [min-max]) | measured | FLOPs | issue 5 target "
+    rows += ["| ratio (median of per-round ratios [min-max]) | measured | FLOPs | target "
              "| held |", "|---|---|---|---|---|"]
     mem, mem_name = "peak_mb", "CUDA" if args.device == "cuda" else "RSS"
     row("transformer_wmt_en_de training words/s, Mixtape / softmax", mt["mixtape"], mt["softmax"],
@@ -853,6 +767,8 @@ def run(args) -> List[Result]:
         results += output_layer_section(args, device)
     needs_mt = "mt" in args.sections or "beam" in args.sections
     if needs_mt or "lm" in args.sections:
+        from .building import dictionary_of
+
         dictionary = dictionary_of(args.model_vocab)
     if needs_mt:
         if "mt" in args.sections:
@@ -883,5 +799,10 @@ def run(args) -> List[Result]:
     return results
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (its return value would become the exit status)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -10,8 +10,8 @@ matrices of rank <= d + 1; a mixture can do much better. Since the true chain is
 demo also reports the true model's perplexity on the test text: the floor no model can beat.
 
 Everything runs through the real command-line tools (``fairseq-preprocess``, ``fairseq-train``,
-``fairseq-eval-lm``, as ``python -m fairseq_cli.*``) with ``--user-dir`` pointing at this
-package, exactly as a user would run them. ``scripts/demo.py`` is the command-line entry point.
+``fairseq-eval-lm``, as ``python -m fairseq_cli.*``) with ``--user-dir`` pointing at the
+plugin package ``fairseq_mixtape/``, exactly as a user would run them. ``scripts/demo.py`` is the command-line entry point.
 """
 
 import argparse
@@ -26,14 +26,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from fairseq.criterions import CRITERION_REGISTRY
 
+import fairseq_mixtape  # noqa: F401  (registers the plugin's layers, models and criterions)
+from fairseq_mixtape.output_layers import OUTPUT_LAYERS
+
 from . import bottleneck
-from .output_layers import OUTPUT_LAYERS
-from .runner import PACKAGE_DIR, CommandFailed, run_tool, train_progress_printer
+from .runner import PACKAGE_DIR, CommandFailed, parse_train_log, run_tool, train_progress_printer
+
 DEFAULT_LAYERS = ("softmax", "sigsoftmax", "mos", "mixtape")
 EOS = "</s>"
 
 
-# The plugin's criterion where it registers one (importing this package has), else fairseq's.
+# The plugin's criterion where it registers one (importing fairseq_mixtape has), else fairseq's.
 CRITERION = next(c for c in ("output_layer_cross_entropy", "cross_entropy")
                  if c in CRITERION_REGISTRY)
 
@@ -127,9 +130,10 @@ def numerical_rank(matrix: np.ndarray) -> int:
     return bottleneck.numerical_rank(np.linalg.svd(matrix, compute_uv=False), matrix.shape)
 
 
-def effective_rank(matrix: np.ndarray, eps: float = 1e-3) -> int:
-    """The fewest singular values whose squares hold 1 - eps of the total (after removing each
-    row's mean, which a softmax's normaliser provides for free)."""
+def centred_effective_rank(matrix: np.ndarray, eps: float = 1e-3) -> int:
+    """bottleneck.effective_rank of the matrix with each row's mean removed first (a shift a
+    softmax's normaliser provides for free): the fewest singular values of the centred matrix
+    whose squares hold 1 - eps of the total."""
     centred = matrix - matrix.mean(axis=1, keepdims=True)
     return bottleneck.effective_rank(np.linalg.svd(centred, compute_uv=False), eps)
 
@@ -238,13 +242,10 @@ def train(layer: str, bin_dir: pathlib.Path, work_dir: pathlib.Path, model: Mode
         "--criterion", criterion, "--save-dir", save_dir],
         work_dir / "logs" / f"train_{layer}.log", train_progress_printer(layer, model.updates),
         threads=model.threads)
-    parameters = re.search(r"num\. shared model params: ([\d,]+)", output)
-    updates = re.findall(r"num_updates=(\d+)", output)
-    seconds = re.search(r"done training in ([\d.]+) seconds", output)
+    found = parse_train_log(output)
     return dict(checkpoint=save_dir / "checkpoint_last.pt",
-                seconds=float(seconds.group(1)) if seconds else float("nan"),
-                parameters=int(parameters.group(1).replace(",", "")) if parameters else -1,
-                updates=int(updates[-1]) if updates else -1)
+                seconds=found.get("total_seconds", float("nan")),
+                parameters=found["parameters"], updates=found["updates"])
 
 
 def evaluate(layer: str, bin_dir: pathlib.Path, checkpoint: pathlib.Path,
@@ -282,9 +283,10 @@ def format_table(results: Sequence[Result], true_perplexity: Optional[float]) ->
 # The command line
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None,
+               prog: str = "python scripts/demo.py") -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/demo.py",
+        prog=prog,
         description="Train the same small LSTM language model with softmax, MoS, Mixtape and "
                     "sigsoftmax output layers (identical budget and seed) through fairseq's "
                     "command-line tools, and compare their test perplexities. Without --data it "
@@ -361,7 +363,8 @@ def prepare_data(args) -> Tuple[pathlib.Path, Optional[float]]:
               f"{spec.successors} random successors each (+{spec.floor:g} uniform floor)")
         rank = numerical_rank(language.log_prob_matrix())
         print(f"    true log-prob matrix {language.num_states}x{language.num_states}: numerical "
-              f"rank {rank}, 99.9%-energy rank {effective_rank(language.log_prob_matrix())} "
+              f"rank {rank}, 99.9%-energy rank "
+              f"{centred_effective_rank(language.log_prob_matrix())} "
               f"(a softmax over d={args.output_dim} reaches at most {args.output_dim + 1})",
               flush=True)
         sizes = dict(train=args.train_tokens, valid=args.test_tokens, test=args.test_tokens)
@@ -377,8 +380,9 @@ def prepare_data(args) -> Tuple[pathlib.Path, Optional[float]]:
     return bin_dir, true_perplexity
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
-    args = parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None,
+         prog: str = "python scripts/demo.py") -> List[Result]:
+    args = parse_args(argv, prog)
     started = time.monotonic()
     bin_dir, true_perplexity = prepare_data(args)
     model = ModelSpec(embed_dim=args.hidden_size, hidden_size=args.hidden_size,
@@ -408,3 +412,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
           f"{args.work_dir / 'logs'})")
     print(format_table(results, true_perplexity), flush=True)
     return results
+
+
+def cli() -> None:
+    """The console script (its return value would become the exit status)."""
+    main(prog="fairseq-mixtape-demo")

@@ -15,7 +15,7 @@ A softmax over a d-dimensional hidden state gives log p = H W^T + 1 b^T - lse 1^
 d + 1, or d + 2 with an output bias (Yang et al., ICLR 2018, the "softmax bottleneck"); a
 mixture (MoS, Mixtape) is not bounded so. Rank alone does not predict perplexity: report it beside
 perplexity. Pitfall: a mixture computed in probability space with an epsilon floor
-(log(sum_k pi_k p_k + 1e-8)) looks full rank whatever the model; this package's layers are exact.
+(log(sum_k pi_k p_k + 1e-8)) looks full rank whatever the model; the plugin's layers are exact.
 
     python scripts/bottleneck.py CHECKPOINT [CHECKPOINT ...] --data DATA_BIN --subset test \\
         --contexts 2000 --plot spectrum.png
@@ -110,7 +110,9 @@ class RankReport:
 
 def load_model(checkpoint: pathlib.Path, data: Optional[pathlib.Path] = None):
     """(model in float64 eval mode on CPU, task) from a fairseq checkpoint of any family."""
-    from fairseq import checkpoint_utils  # this package is imported: the plugin is registered
+    from fairseq import checkpoint_utils
+
+    import fairseq_mixtape  # noqa: F401  (registers the plugin's models: its checkpoints load)
 
     checkpoint = pathlib.Path(checkpoint)
     if not checkpoint.is_file():
@@ -127,7 +129,7 @@ def softmax_bound(model) -> Optional[int]:
     embedding (a decoder that projects its state up, like transformer_lm with a wider
     --decoder-output-dim, or an LSTM's additional_fc, adds no rank); None where the model has
     no fairseq-mixtape output layer."""
-    from .models.wiring import output_layer_of
+    from fairseq_mixtape.models.wiring import output_layer_of
 
     try:
         layer = output_layer_of(model)

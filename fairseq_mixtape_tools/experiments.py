@@ -9,11 +9,10 @@ A run directory holds ``train.log`` (fairseq's output), ``checkpoint_last.pt`` a
 import json
 import math
 import pathlib
-import re
 import statistics
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .runner import PACKAGE_DIR, run_tool, train_progress_printer
+from .runner import PACKAGE_DIR, parse_train_log, run_tool, train_progress_printer
 
 __all__ = ["PACKAGE_DIR", "Run", "plan_runs", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results"]
@@ -66,26 +65,6 @@ def plan_runs(root: pathlib.Path, layers: Sequence[str], seeds: Sequence[int],
              for layer, mos in zip(layers, is_mos) if not mos]
             + [Run(root, layer, seed) for seed in mos_seeds
                for layer, mos in zip(layers, is_mos) if mos])
-
-
-def parse_train_log(output: str) -> Dict:
-    """Parameters, updates, training time and the last validation loss (base 2) in
-    fairseq-train's output. The training time is the sum of fairseq's per-epoch ``train_wall``:
-    its own clock of the training loop, without start-up, validation and checkpointing."""
-    def numbers(pattern: str) -> List[float]:
-        return [float(found.replace(",", "")) for found in re.findall(pattern, output)]
-
-    def last(pattern: str, default=float("nan")) -> float:
-        found = numbers(pattern)
-        return found[-1] if found else default
-
-    epoch_walls = numbers(r"\| train \| epoch \d+ \|.*?\| train_wall ([\d.]+)")
-    found = dict(parameters=int(last(r"num\. shared model params: ([\d,]+)", -1)),
-                 updates=int(last(r"num_updates[= ](\d+)", -1)),
-                 train_seconds=sum(epoch_walls) if epoch_walls else float("nan"),
-                 total_seconds=last(r"done training in ([\d.]+) seconds"),
-                 valid_loss_base2=last(r"valid on 'valid' subset \| loss ([\d.]+)"))
-    return {key: value for key, value in found.items() if math.isfinite(value)}
 
 
 def mean_and_spread(values: Sequence[float]) -> Optional[tuple]:

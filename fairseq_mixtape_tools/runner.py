@@ -1,14 +1,19 @@
 """Running fairseq's command-line tools as a user would (``python -m fairseq_cli.<tool>``, with
-``--user-dir`` pointing at this package), for the demo and the experiment scripts."""
+``--user-dir`` pointing at the plugin package), and reading their training logs, for the demo
+and the experiment scripts."""
 
+import importlib.util
+import math
 import os
 import pathlib
 import re
 import subprocess
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
-PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+# The plugin package fairseq_mixtape/ (not these tools): what --user-dir points at. Found
+# without importing it (which would import fairseq) in this process.
+PACKAGE_DIR = pathlib.Path(importlib.util.find_spec("fairseq_mixtape").origin).resolve().parent
 
 
 class CommandFailed(RuntimeError):
@@ -41,7 +46,6 @@ def run_tool(tool: str, arguments: Sequence[str], log_path: pathlib.Path,
     return output
 
 
-
 def train_progress_printer(layer: str, total_updates: int) -> Callable[[str], None]:
     """A callback that prints one progress line per fairseq training log line (its
     ``--log-interval``), with the update count and the training perplexity fairseq reports."""
@@ -52,3 +56,25 @@ def train_progress_printer(layer: str, total_updates: int) -> Callable[[str], No
             print(f"    {layer:<14} update {int(updates.group(1)):>5}/{total_updates}"
                   f"  train ppl {float(perplexity.group(1)):8.2f}", flush=True)
     return on_line
+
+
+def parse_train_log(output: str) -> Dict:
+    """Parameters, updates, training time and the last validation loss (base 2) in
+    fairseq-train's output. The training time is the sum of fairseq's per-epoch ``train_wall``:
+    its own clock of the training loop, without start-up, validation and checkpointing;
+    ``total_seconds`` is fairseq's "done training in" time. Keys whose value is not in the log
+    are left out."""
+    def numbers(pattern: str) -> List[float]:
+        return [float(found.replace(",", "")) for found in re.findall(pattern, output)]
+
+    def last(pattern: str, default=float("nan")) -> float:
+        found = numbers(pattern)
+        return found[-1] if found else default
+
+    epoch_walls = numbers(r"\| train \| epoch \d+ \|.*?\| train_wall ([\d.]+)")
+    found = dict(parameters=int(last(r"num\. shared model params: ([\d,]+)", -1)),
+                 updates=int(last(r"num_updates[= ](\d+)", -1)),
+                 train_seconds=sum(epoch_walls) if epoch_walls else float("nan"),
+                 total_seconds=last(r"done training in ([\d.]+) seconds"),
+                 valid_loss_base2=last(r"valid on 'valid' subset \| loss ([\d.]+)"))
+    return {key: value for key, value in found.items() if math.isfinite(value)}
