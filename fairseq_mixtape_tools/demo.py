@@ -172,6 +172,13 @@ def dictionary_size(bin_dir: pathlib.Path) -> int:
     return 4 + sum(1 for _ in open(bin_dir / "dict.txt"))
 
 
+def target_tokens(bin_dir: pathlib.Path) -> int:
+    """Tokens that can be targets, which Mixtape's gate slots cover from ``</s>`` on: ``</s>``,
+    ``<unk>`` and the words dict.txt lists with a count (not the never-seen symbols
+    fairseq-preprocess pads it with, nor ``<s>`` and ``<pad>``)."""
+    return 2 + sum(1 for line in open(bin_dir / "dict.txt") if int(line.split()[1]) > 0)
+
+
 @dataclasses.dataclass
 class ModelSpec:
     """The network every output layer sits on, and the training budget (the same for all)."""
@@ -390,8 +397,8 @@ def main(argv: Optional[Sequence[str]] = None,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       threads=args.threads, log_interval=max(1, args.updates // 6))
     frequent = args.mixtape_frequent_tokens
-    if frequent is None and args.data is None:
-        frequent = dictionary_size(bin_dir)
+    if frequent is None and args.data is None:  # every token that can be a target owns gates
+        frequent = target_tokens(bin_dir)
     results = []
     for layer in args.layers:
         stage(f"train {layer}: fairseq-train --arch {model.arch} --output-layer {layer} "
