@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .runner import PACKAGE_DIR, parse_train_log, run_tool, train_progress_printer
 
-__all__ = ["PACKAGE_DIR", "Run", "plan_runs", "mean_and_spread", "format_mean", "parse_train_log",
+__all__ = ["PACKAGE_DIR", "Run", "plan_runs", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results"]
 
 
@@ -46,14 +46,15 @@ class Run:
         self.record(**compute())
 
     def train(self, arguments: Sequence, total_updates: int, threads: int) -> Dict:
-        """fairseq-train into this run's directory; returns the training log's numbers."""
+        """fairseq-train into this run's directory (resuming from its checkpoint_last.pt where
+        an earlier attempt stopped); returns the numbers of the training log, all attempts."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        output = run_tool("train", [*arguments, "--user-dir", PACKAGE_DIR, "--seed", self.seed,
-                                    "--save-dir", self.dir],
-                          self.dir / "train.log",
-                          train_progress_printer(f"{self.layer} s{self.seed}", total_updates),
-                          threads=threads)
-        return parse_train_log(output)
+        log = self.dir / "train.log"
+        run_tool("train", [*arguments, "--user-dir", PACKAGE_DIR, "--seed", self.seed,
+                           "--save-dir", self.dir],
+                 log, train_progress_printer(f"{self.layer} s{self.seed}", total_updates),
+                 threads=threads, append=True)
+        return parse_train_log(log.read_text())  # every attempt: a resumed run's log continues
 
 
 def plan_runs(root: pathlib.Path, layers: Sequence[str], seeds: Sequence[int],
@@ -65,6 +66,21 @@ def plan_runs(root: pathlib.Path, layers: Sequence[str], seeds: Sequence[int],
              for layer, mos in zip(layers, is_mos) if not mos]
             + [Run(root, layer, seed) for seed in mos_seeds
                for layer, mos in zip(layers, is_mos) if mos])
+
+
+def evaluate_lm(run: Run, data_bin: pathlib.Path, subset: str, tokens_per_sample: int,
+                threads: int = 1) -> Dict:
+    """fairseq-eval-lm of the run's checkpoint on ``subset``, in blocks of
+    ``tokens_per_sample`` tokens with no context beyond the block."""
+    output = run_tool("eval_lm", [
+        data_bin, "--path", run.checkpoint, "--user-dir", PACKAGE_DIR, "--gen-subset", subset,
+        "--tokens-per-sample", tokens_per_sample, "--batch-size", 64, "--num-workers", 0,
+        "--cpu"], run.dir / f"eval_{subset}.log", threads=threads)
+    loss, perplexity = next(
+        (float(a), float(b)) for line in output.splitlines()[::-1]
+        for a, b in [line.split("Loss (base 2): ")[1].split(", Perplexity: ")]
+        if "Loss (base 2): " in line)
+    return {f"{subset}_loss_base2": loss, f"{subset}_ppl": perplexity}
 
 
 def mean_and_spread(values: Sequence[float]) -> Optional[tuple]:
@@ -81,6 +97,11 @@ def seeds_text(seeds, mos_seeds, layers) -> str:
     if any(layer.startswith("mos") for layer in layers):
         text += " (MoS: " + ", ".join(map(str, mos_seeds)) + ")"
     return text
+
+
+def scale_text(scale: Optional[float]) -> str:
+    """A table caption's context scale: the plugin's default or an explicit value."""
+    return "matched to softmax (the default)" if scale is None else f"{scale:g}"
 
 
 def format_mean(values: Sequence[float], digits: int = 2) -> str:

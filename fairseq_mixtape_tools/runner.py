@@ -21,16 +21,17 @@ class CommandFailed(RuntimeError):
 
 
 def run_tool(tool: str, arguments: Sequence[str], log_path: pathlib.Path,
-             on_line: Optional[Callable[[str], None]] = None, threads: int = 1) -> str:
+             on_line: Optional[Callable[[str], None]] = None, threads: int = 1,
+             append: bool = False) -> str:
     """Run ``python -m fairseq_cli.<tool> ARGS`` with ``threads`` torch threads, stream its output
-    to ``log_path`` (and each line to ``on_line``), and return the output; raise CommandFailed
-    with its tail on failure."""
+    to ``log_path`` (after what it holds, with ``append``; and each line to ``on_line``), and
+    return this run's output; raise CommandFailed with its tail on failure."""
     command = [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, arguments)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
     lines = []
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log, subprocess.Popen(
+    with open(log_path, "a" if append else "w") as log, subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         log.write(" ".join(command) + "\n")
         for line in proc.stdout:
@@ -62,8 +63,9 @@ def parse_train_log(output: str) -> Dict:
     """Parameters, updates, training time and the last validation loss (base 2) in
     fairseq-train's output. The training time is the sum of fairseq's per-epoch ``train_wall``:
     its own clock of the training loop, without start-up, validation and checkpointing;
-    ``total_seconds`` is fairseq's "done training in" time. Keys whose value is not in the log
-    are left out."""
+    ``total_seconds`` is fairseq's "done training in" time; ``valid_ppl_curve`` the validation
+    perplexity after each epoch; ``mixture_entropy`` the last epoch's mean prior entropy (bits,
+    mixtures only). Keys whose value is not in the log are left out."""
     def numbers(pattern: str) -> List[float]:
         return [float(found.replace(",", "")) for found in re.findall(pattern, output)]
 
@@ -72,9 +74,18 @@ def parse_train_log(output: str) -> Dict:
         return found[-1] if found else default
 
     epoch_walls = numbers(r"\| train \| epoch \d+ \|.*?\| train_wall ([\d.]+)")
+    # epoch -> valid perplexity; a resumed run may validate an epoch twice: the last one counts
+    curve = {int(epoch): float(ppl) for epoch, ppl in re.findall(
+        r"\| epoch (\d+) \| valid on 'valid' subset \|.*?\| ppl ([\d.]+)", output)}
     found = dict(parameters=int(last(r"num\. shared model params: ([\d,]+)", -1)),
                  updates=int(last(r"num_updates[= ](\d+)", -1)),
                  train_seconds=sum(epoch_walls) if epoch_walls else float("nan"),
                  total_seconds=last(r"done training in ([\d.]+) seconds"),
                  valid_loss_base2=last(r"valid on 'valid' subset \| loss ([\d.]+)"))
-    return {key: value for key, value in found.items() if math.isfinite(value)}
+    found = {key: value for key, value in found.items() if math.isfinite(value)}
+    entropy = numbers(r"\| train \| epoch \d+ \|.*?\| mixture_entropy ([\d.]+)")
+    if entropy:  # mixtures: the mean entropy of the priors (bits) over the last epoch
+        found["mixture_entropy"] = entropy[-1]
+    if curve:
+        found["valid_ppl_curve"] = [curve[epoch] for epoch in sorted(curve)]
+    return found

@@ -26,8 +26,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
-    format_mean, measure_rank, plan_runs, rank_cell, relative_to, seeds_text, values_of,
-    write_results)
+    evaluate_lm, format_mean, measure_rank, plan_runs, rank_cell, relative_to, scale_text,
+    seeds_text, values_of, write_results)
 from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
@@ -57,8 +57,9 @@ def parse_args(argv=None):
     parser.add_argument("--ffn-dim", type=int, default=512)
     parser.add_argument("--decoder-layers", type=int, default=2)
     parser.add_argument("--components", type=int, default=4, help="K of MoS and Mixtape")
-    parser.add_argument("--context-scale", type=float, default=1.0,
-                        help="--output-context-scale of MoS and Mixtape (1 = the papers)")
+    parser.add_argument("--context-scale", type=float, default=None,
+                        help="--output-context-scale of MoS and Mixtape (default: the plugin's, "
+                             "matched to softmax's initial spread; 1 = the papers)")
     parser.add_argument("--updates", type=int, default=400, help="updates per run")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="blocks of --tokens-per-sample tokens per update")
@@ -84,8 +85,9 @@ def train_arguments(args, layer):
     arch = "transformer_lm_mos" if layer.startswith("mos") else "transformer_lm_mixtape"
     layer_args = ["--output-layer", layer]
     if layer in ("mos", "mixtape", "mos_sigsoftmax"):
-        layer_args += ["--output-components", args.components,
-                       "--output-context-scale", args.context_scale]
+        layer_args += ["--output-components", args.components]
+        if args.context_scale is not None:
+            layer_args += ["--output-context-scale", args.context_scale]
     return [
         args.out / "data-bin", "--task", "language_modeling", "--arch", arch, *layer_args,
         "--decoder-layers", args.decoder_layers, "--decoder-embed-dim", args.dim,
@@ -103,26 +105,13 @@ def train_arguments(args, layer):
         "--disable-validation", "--no-epoch-checkpoints", "--num-workers", 0, "--cpu"]
 
 
-def evaluate(args, run, subset):
-    output = run_tool("eval_lm", [
-        args.out / "data-bin", "--path", run.checkpoint, "--user-dir", PACKAGE_DIR,
-        "--gen-subset", subset, "--tokens-per-sample", args.tokens_per_sample,
-        "--batch-size", 64, "--num-workers", 0, "--cpu"],
-        run.dir / f"eval_{subset}.log", threads=args.threads)
-    loss, perplexity = next(
-        (float(a), float(b)) for line in output.splitlines()[::-1]
-        for a, b in [line.split("Loss (base 2): ")[1].split(", Perplexity: ")]
-        if "Loss (base 2): " in line)
-    return {f"{subset}_loss_base2": loss, f"{subset}_ppl": perplexity}
-
-
 def write_table(args, runs):
     by_layer = {layer: [r for r in runs if r.layer == layer] for layer in args.layers}
     softmax = by_layer.get("softmax", [])
     lines = [
         f"PTB, Transformer LM {args.decoder_layers} layers of width d = {args.dim} (FFN "
         f"{args.ffn_dim}), tied {args.embed_dim}-d embeddings, K = {args.components}, "
-        f"context scale {args.context_scale:g}, {args.updates} updates of {args.batch_size} x "
+        f"context scale {scale_text(args.context_scale)}, {args.updates} updates of {args.batch_size} x "
         f"{args.tokens_per_sample} tokens, "
         f"{seeds_text(args.seeds, args.mos_seeds, args.layers)}; "
         f"mean ± half the range over seeds.",
@@ -165,7 +154,8 @@ def main(argv=None):
                      f"fairseq-train ({args.updates} updates)")
         if "eval" in args.stages:
             for subset in ("valid", "test"):
-                run.step(f"{subset}_ppl", lambda: evaluate(args, run, subset),
+                run.step(f"{subset}_ppl", lambda: evaluate_lm(
+                    run, args.out / "data-bin", subset, args.tokens_per_sample, args.threads),
                          f"fairseq-eval-lm --gen-subset {subset}")
         if "rank" in args.stages:
             run.step("rank", lambda: measure_rank(run, args.out / "data-bin", args.rank_contexts),

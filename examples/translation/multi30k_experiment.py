@@ -30,8 +30,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
-    format_mean, measure_rank, plan_runs, rank_cell, relative_to, seeds_text, values_of,
-    write_results)
+    format_mean, measure_rank, plan_runs, rank_cell, relative_to, scale_text, seeds_text,
+    values_of, write_results)
 from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "mos")
@@ -62,8 +62,9 @@ def parse_args(argv=None):
     parser.add_argument("--layers-per-stack", type=int, default=3,
                         help="encoder layers = decoder layers")
     parser.add_argument("--components", type=int, default=4, help="K of MoS and Mixtape")
-    parser.add_argument("--context-scale", type=float, default=1.0,
-                        help="--output-context-scale of MoS and Mixtape (1 = the papers)")
+    parser.add_argument("--context-scale", type=float, default=None,
+                        help="--output-context-scale of MoS and Mixtape (default: the plugin's, "
+                             "matched to softmax's initial spread; 1 = the papers)")
     parser.add_argument("--updates", type=int, default=400, help="updates per run")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch")
     parser.add_argument("--lr", type=float, default=0.002,
@@ -121,8 +122,9 @@ def train_arguments(args, layer):
     arch = "transformer_mos" if layer.startswith("mos") else "transformer_mixtape"
     layer_args = ["--output-layer", layer]
     if layer in ("mos", "mixtape", "mos_sigsoftmax"):
-        layer_args += ["--output-components", args.components,
-                       "--output-context-scale", args.context_scale]
+        layer_args += ["--output-components", args.components]
+        if args.context_scale is not None:
+            layer_args += ["--output-context-scale", args.context_scale]
     model = []
     for side in ("encoder", "decoder"):
         model += [f"--{side}-layers", args.layers_per_stack, f"--{side}-embed-dim", args.dim,
@@ -173,7 +175,7 @@ def write_table(args, runs):
     lines = [
         f"Multi30k En-De, Transformer {args.layers_per_stack}+{args.layers_per_stack} layers, "
         f"d = {args.dim} (FFN {args.ffn_dim}, all embeddings shared), joint sentencepiece BPE "
-        f"{args.vocab_size}, K = {args.components}, context scale {args.context_scale:g}, "
+        f"{args.vocab_size}, K = {args.components}, context scale {scale_text(args.context_scale)}, "
         f"{args.updates} updates of <= {args.max_tokens} tokens, beam {args.beam}; "
         f"{seeds_text(args.seeds, args.mos_seeds, args.layers)}; "
         f"mean ± half the range over seeds. SacreBLEU {signature}.",

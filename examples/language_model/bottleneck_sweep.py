@@ -1,0 +1,358 @@
+#!/usr/bin/env python
+"""The softmax bottleneck where it binds: a sweep of the output width E on a word-level corpus
+(Penn Treebank by default), every model trained to a plateau with the same budget.
+
+One fixed ``transformer_lm`` body; its output is projected to E dimensions
+(``--decoder-output-dim E``) and the input/output embedding is tied at width E, so every output
+layer sees the same E-dimensional vector g. A softmax over g has log-probability rank <= E + 1;
+the layers compared at each E:
+
+  softmax         log_softmax(g . w_x)
+  mixtape         Mixtape, K = 4, the plugin's defaults
+  control         Mixtape with K = 1: the same tanh context layer (and the scale the defaults give
+                  it) without a mixture, so a softmax bottleneck caps it at rank E + 1 too
+  sigsoftmax      Kanai et al.'s sigsoftmax (costs what softmax costs; not run by default)
+  mos             Mixture of Softmaxes, K = 4 (only at --mos-dims: it costs about K softmaxes)
+  mixtape_papers  Mixtape with the papers' unscaled contexts, --output-context-scale 1 (only at
+                  --papers-dims)
+
+Every run: --max-epochs epochs, Adam with linear warm-up and linear decay to 0 at the last update,
+validation every epoch, checkpoints every epoch and every --save-updates updates (a rerun resumes
+unfinished runs from them and skips finished steps). Then fairseq-eval-lm on valid and test
+(blocks of --tokens-per-sample tokens, no context beyond the block), the numerical and
+eps-effective ranks of the test log-probability matrix, and the results: OUT_RESULTS/sweep.{md,json},
+sweep_ppl.png (test perplexity against E) and sweep_relative.png (relative to softmax).
+
+  python examples/language_model/bottleneck_sweep.py --jobs 2        # about 12 core-hours
+  python examples/language_model/bottleneck_sweep.py --dims 16 --layers softmax,mixtape \\
+      --max-epochs 1                                                 # a quick look
+"""
+
+import argparse
+import concurrent.futures
+import json
+import logging
+import math
+import pathlib
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
+
+from fairseq_mixtape_tools.experiments import (  # noqa: E402
+    Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell, values_of)
+from fairseq_mixtape_tools.runner import run_tool  # noqa: E402
+
+VARIANTS = {  # name: fairseq-train flags of the output layer
+    "softmax": ["--output-layer", "softmax"],
+    "mixtape": ["--output-layer", "mixtape", "--output-components", 4],
+    "control": ["--output-layer", "mixtape", "--output-components", 1],
+    "sigsoftmax": ["--output-layer", "sigsoftmax"],
+    "mos": ["--output-layer", "mos", "--output-components", 4],
+    "mixtape_papers": ["--output-layer", "mixtape", "--output-components", 4,
+                       "--output-context-scale", 1],
+}
+DEFAULT_VARIANTS = ["softmax", "mixtape", "control", "mos", "mixtape_papers"]
+EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control")
+SPLIT_NAMES = ("ptb.{}.txt", "{}.txt", "wiki.{}.tokens")
+STAGES = ("prepare", "train", "eval", "rank", "table")
+PLATEAU = 2.0  # % improvement of valid perplexity over the last epoch that counts as a plateau
+
+
+def comma_list(kind):
+    return lambda text: [kind(item) for item in text.split(",") if item]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared/data/ptb",
+                        help="folder with a word-level corpus: train/valid/test files named "
+                             + ", ".join(n.format("X") for n in SPLIT_NAMES))
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/sweep"),
+                        help="work folder: data-bin, runs/E*/VARIANT_seedS/")
+    parser.add_argument("--results-dir", type=pathlib.Path,
+                        default=REPO / "examples/language_model/results",
+                        help="where sweep.md, sweep.json and the plots go")
+    parser.add_argument("--dims", type=comma_list(int), default=[16, 32, 64, 128],
+                        help="output widths E")
+    parser.add_argument("--layers", type=comma_list(str), default=DEFAULT_VARIANTS,
+                        help=f"output layers, from {', '.join(VARIANTS)} (default: all but "
+                             "sigsoftmax)")
+    parser.add_argument("--seeds", type=comma_list(int), default=[1], help="seeds of every run")
+    parser.add_argument("--extra-seeds", type=comma_list(int), default=[2],
+                        help="more seeds for softmax, mixtape and control at the smallest E")
+    parser.add_argument("--mos-dims", type=comma_list(int), default=[16, 64],
+                        help="the E at which mos runs")
+    parser.add_argument("--papers-dims", type=comma_list(int), default=[16],
+                        help="the E at which mixtape_papers runs")
+    parser.add_argument("--stages", type=comma_list(str), default=list(STAGES),
+                        help=f"steps to run, from {', '.join(STAGES)}")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--max-epochs", type=int, default=6, help="epochs of every run")
+    parser.add_argument("--body-dim", type=int, default=128, help="width of the Transformer")
+    parser.add_argument("--body-layers", type=int, default=2)
+    parser.add_argument("--ffn-dim", type=int, default=512)
+    parser.add_argument("--tokens-per-sample", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32, help="blocks per update")
+    parser.add_argument("--lr", type=float, default=0.002, help="Adam's peak learning rate")
+    parser.add_argument("--warmup-updates", type=int, default=200)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--save-updates", type=int, default=500,
+                        help="a mid-epoch checkpoint every N updates, to resume from")
+    parser.add_argument("--rank-contexts", type=int, default=2000,
+                        help="test contexts (rows) of the log-probability matrix")
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser, args):
+    """Refuse bad values before any work, naming the flag, the value and what is allowed."""
+    def refuse(flag, value, allowed):
+        parser.error(f"{flag}: got {value!r}; allowed: {allowed}")
+
+    for flag, values, allowed in [("--layers", args.layers, VARIANTS),
+                                  ("--stages", args.stages, STAGES)]:
+        for value in values:
+            if value not in allowed:
+                refuse(flag, value, ", ".join(allowed))
+    for flag in ("dims", "mos_dims", "papers_dims", "seeds", "extra_seeds"):
+        for value in getattr(args, flag):
+            if value < 1:
+                refuse(f"--{flag.replace('_', '-')}", value, "whole numbers >= 1")
+    if not args.dims:
+        refuse("--dims", "", "at least one output width")
+    for flag in ("jobs", "threads", "max_epochs", "body_dim", "body_layers", "ffn_dim",
+                 "tokens_per_sample", "batch_size", "save_updates", "rank_contexts"):
+        if getattr(args, flag) < 1:
+            refuse(f"--{flag.replace('_', '-')}", getattr(args, flag), "a whole number >= 1")
+    if not args.lr > 0:
+        refuse("--lr", args.lr, "a number > 0")
+    if not 0 <= args.dropout < 1:
+        refuse("--dropout", args.dropout, "a probability in [0, 1)")
+    if "prepare" in args.stages:
+        args.corpus = {split: corpus_file(parser, args.data, split)
+                       for split in ("train", "valid", "test")}
+
+
+def corpus_file(parser, folder: pathlib.Path, split: str) -> pathlib.Path:
+    found = [folder / name.format(split) for name in SPLIT_NAMES
+             if (folder / name.format(split)).is_file()]
+    if not found:
+        parser.error(f"--data: no {split} file in {folder}; allowed: one of "
+                     + ", ".join(name.format(split) for name in SPLIT_NAMES))
+    return found[0]
+
+
+def plan(args):
+    """Every (E, variant, seed) run, cheap ones first, seed by seed; MoS last."""
+    def wanted(variant, dim):
+        return {"mos": dim in args.mos_dims,
+                "mixtape_papers": dim in args.papers_dims}.get(variant, True)
+
+    seeds = args.seeds + [s for s in args.extra_seeds if s not in args.seeds]
+    runs = []
+    for mos_pass in (False, True):
+        for seed in seeds:
+            for dim in args.dims:
+                for variant in args.layers:
+                    extra = seed not in args.seeds
+                    if ((variant == "mos") != mos_pass or not wanted(variant, dim)
+                            or (extra and (variant not in EXTRA_SEED_VARIANTS
+                                           or dim != min(args.dims)))):
+                        continue
+                    run = Run(args.out / "runs" / f"E{dim}", variant, seed)
+                    run.dim = dim
+                    runs.append(run)
+    return runs
+
+
+def prepare(args):
+    bin_dir = args.out / "data-bin"
+    if (bin_dir / "test.bin").is_file():
+        print(f"    prepare: done already ({bin_dir})", flush=True)
+        return
+    run_tool("preprocess", [
+        "--only-source", "--trainpref", args.corpus["train"], "--validpref", args.corpus["valid"],
+        "--testpref", args.corpus["test"], "--destdir", bin_dir, "--workers", 1],
+        args.out / "preprocess.log")
+
+
+def updates_per_epoch(args) -> int:
+    """fairseq's batches per epoch: blocks of --tokens-per-sample over the whole training
+    stream (--sample-break-mode none), --batch-size blocks a batch."""
+    from fairseq.data import data_utils
+
+    dataset = data_utils.load_indexed_dataset(str(args.out / "data-bin" / "train"), None)
+    blocks = math.ceil(int(dataset.sizes.sum()) / args.tokens_per_sample)
+    return math.ceil(blocks / args.batch_size)
+
+
+def train_arguments(args, run, total_updates):
+    dim = run.dim
+    return [
+        args.out / "data-bin", "--task", "language_modeling", "--arch", "transformer_lm_mixtape",
+        *VARIANTS[run.layer], "--decoder-layers", args.body_layers,
+        "--decoder-embed-dim", args.body_dim, "--decoder-ffn-embed-dim", args.ffn_dim,
+        "--decoder-attention-heads", 4, "--decoder-input-dim", dim, "--decoder-output-dim", dim,
+        "--share-decoder-input-output-embed", "--dropout", args.dropout,
+        "--criterion", "output_layer_cross_entropy",
+        "--tokens-per-sample", args.tokens_per_sample, "--sample-break-mode", "none",
+        "--batch-size", args.batch_size, "--required-batch-size-multiple", 1,
+        "--max-epoch", args.max_epochs, "--max-update", total_updates,
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", args.lr, "--clip-norm", 1.0,
+        "--lr-scheduler", "polynomial_decay", "--warmup-updates", args.warmup_updates,
+        "--total-num-update", total_updates, "--end-learning-rate", 0.0,
+        "--log-interval", 100, "--log-format", "simple", "--no-epoch-checkpoints",
+        "--save-interval-updates", args.save_updates, "--keep-interval-updates", 1,
+        "--save-interval", 1,
+        "--num-workers", 0, "--cpu"]
+
+
+def train(args, run, total_updates):
+    result = run.train(train_arguments(args, run, total_updates), total_updates, args.threads)
+    curve = result.get("valid_ppl_curve", [])
+    if len(curve) >= 2:
+        result["last_epoch_gain_percent"] = (curve[-2] / curve[-1] - 1) * 100
+    return result
+
+
+def execute(args, run, total_updates):
+    """Every stage of one run; finished steps are skipped (their values are in result.json)."""
+    bin_dir = args.out / "data-bin"
+    if "train" in args.stages:
+        run.step("train_seconds", lambda: train(args, run, total_updates),
+                 f"E = {run.dim}: fairseq-train ({args.max_epochs} epochs, {total_updates} updates)")
+    if "eval" in args.stages and run.checkpoint.is_file():
+        for subset in ("valid", "test"):
+            run.step(f"{subset}_ppl", lambda: evaluate_lm(
+                run, bin_dir, subset, args.tokens_per_sample, args.threads),
+                f"E = {run.dim}: fairseq-eval-lm --gen-subset {subset}")
+    if "rank" in args.stages and run.checkpoint.is_file():
+        run.step("rank", lambda: measure_rank(run, bin_dir, args.rank_contexts),
+                 f"E = {run.dim}: log-probability matrix rank")
+
+
+def cell(runs, key, digits=1):
+    return format_mean(values_of(runs, key), digits)
+
+
+def relative(runs, baseline, key="test_ppl"):
+    """Each run's value over the baseline runs' mean, as a change in percent."""
+    reference = mean_and_spread(values_of(baseline, key))
+    if reference is None:
+        return "-"
+    return format_mean([(v / reference[0] - 1) * 100 for v in values_of(runs, key)], 1) + "%"
+
+
+def plateau_cell(runs):
+    gains = values_of(runs, "last_epoch_gain_percent")
+    text = "; ".join(f"{g:.1f}" for g in gains) or "-"
+    return text + (" (not a plateau)" if any(g >= PLATEAU for g in gains) else "")
+
+
+def write_table(args, runs, total_updates):
+    by_cell = {}
+    for run in runs:
+        by_cell.setdefault((run.dim, run.layer), []).append(run)
+    lines = [
+        f"Output-width sweep on {args.data.name}: transformer_lm body {args.body_layers} layers x "
+        f"{args.body_dim} (FFN {args.ffn_dim}), output projected to E and tied E-dim "
+        f"embeddings; {args.max_epochs} epochs ({total_updates} updates of {args.batch_size} x "
+        f"{args.tokens_per_sample} tokens), Adam lr {args.lr:g}, {args.warmup_updates} warm-up "
+        f"updates then linear decay to 0, dropout {args.dropout:g}; perplexity from "
+        f"fairseq-eval-lm on blocks of {args.tokens_per_sample} tokens (no extra context); "
+        f"mean ± half the range over seeds where there are several.",
+        "",
+        "| E | output layer | seeds | params | valid ppl | test ppl | vs softmax | vs control "
+        "| last-epoch valid gain (%) | rank (numerical / 1e-3 / 1e-4 / 1e-5) | gate entropy "
+        "(bits) | s / epoch |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+    for dim in args.dims:
+        softmax, control = by_cell.get((dim, "softmax"), []), by_cell.get((dim, "control"), [])
+        for variant in args.layers:
+            group = by_cell.get((dim, variant))
+            if not group:
+                continue
+            params = values_of(group, "parameters")
+            epoch_seconds = [r.result["train_seconds"] / max(1, len(r.result.get(
+                "valid_ppl_curve", [])) or args.max_epochs) for r in group
+                if "train_seconds" in r.result]
+            lines.append(
+                f"| {dim} | {variant} | {','.join(str(r.seed) for r in group)} "
+                f"| {f'{int(params[0]):,}' if params else '-'} | {cell(group, 'valid_ppl')} "
+                f"| {cell(group, 'test_ppl')} | {relative(group, softmax)} "
+                f"| {relative(group, control)} | {plateau_cell(group)} | {rank_cell(group)} "
+                f"| {cell(group, 'mixture_entropy', 3)} | {format_mean(epoch_seconds, 0)} |")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "sweep.md").write_text("\n".join(lines) + "\n")
+    (args.results_dir / "sweep.json").write_text(json.dumps(
+        {f"E{r.dim}_{r.layer}_seed{r.seed}": r.result for r in runs}, indent=1,
+        sort_keys=True) + "\n")
+    plot(args, by_cell)
+    print("\n".join(lines), flush=True)
+
+
+def plot(args, by_cell):
+    """sweep_ppl.png: test perplexity against E; sweep_relative.png: over softmax's."""
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging says DEBUG
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    softmax = {dim: mean_and_spread(values_of(by_cell.get((dim, "softmax"), []), "test_ppl"))
+               for dim in args.dims}
+    for name, relative_to_softmax in (("sweep_ppl", False), ("sweep_relative", True)):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for variant in args.layers:
+            points = []
+            for dim in args.dims:
+                summary = mean_and_spread(values_of(by_cell.get((dim, variant), []), "test_ppl"))
+                if summary is None or (relative_to_softmax and softmax[dim] is None):
+                    continue
+                mean, spread = summary
+                if relative_to_softmax:
+                    mean, spread = mean / softmax[dim][0], spread / softmax[dim][0]
+                points.append((dim, mean, spread))
+            if points:
+                dims, means, spreads = zip(*points)
+                ax.errorbar(dims, means, yerr=spreads, marker="o", capsize=3, label=variant)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(args.dims, [str(d) for d in args.dims])
+        ax.set_xlabel("output width E (softmax rank <= E + 1)")
+        ax.set_ylabel("test perplexity / softmax's" if relative_to_softmax else "test perplexity")
+        if relative_to_softmax:
+            ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_title(f"{args.data.name}: output-width sweep, {args.max_epochs} epochs")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.results_dir / f"{name}.png", dpi=120)
+        plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.monotonic()
+    if "prepare" in args.stages:
+        prepare(args)
+    total_updates = updates_per_epoch(args) * args.max_epochs
+    runs = plan(args)
+    print(f"{len(runs)} runs, {total_updates} updates each, {args.jobs} at a time", flush=True)
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        failures = [f for f in concurrent.futures.as_completed(
+            [pool.submit(execute, args, run, total_updates) for run in runs])
+            if f.exception() is not None]
+    if "table" in args.stages:
+        write_table(args, runs, total_updates)
+    for failure in failures:
+        print(f"failed: {failure.exception()}", flush=True)
+    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
