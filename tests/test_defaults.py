@@ -85,3 +85,21 @@ def test_gate_slots_refuse_tokens_never_seen():
     check_gate_slots_seen(dictionary, range(2, 2 + 12))  # ids 2..13 occur
     with pytest.raises(ValueError, match=r"--mixtape-frequent-tokens \(S\): got 13; allowed: at most 12"):
         check_gate_slots_seen(dictionary, range(2, 2 + 13))
+
+
+@pytest.mark.slow
+def test_logit_scale_script_checks_the_experiment_network():
+    """scripts/logit_scale.py on the PTB experiment's network: every mixture within range by
+    default (exit 0 with --check), and the papers' c = 1 flagged (exit 1)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "logit_scale.py"
+    default = subprocess.run([sys.executable, script, "--networks", "ptb", "--check"],
+                             capture_output=True, text=True, timeout=600)
+    assert default.returncode == 0, default.stdout + default.stderr[-2000:]
+    assert default.stdout.count("\nptb ") == 10 and "outside" not in default.stdout
+    papers = subprocess.run([sys.executable, script, "--networks", "ptb", "--check",
+                             "--context-scale", "1"], capture_output=True, text=True, timeout=600)
+    assert papers.returncode == 1 and "ratio outside [0.75, 1.33]" in papers.stdout

@@ -17,11 +17,12 @@ LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax", "mos_sigsoftmax"]
 C, V = 12, 50
 
 
-def build(name, input_dim=C, num_tokens=V, embed_weight=None, **options):
+def build(name, input_dim=C, num_tokens=V, embed_weight=None, first_target=0, **options):
     if name in ("softmax", "sigsoftmax"):  # one component: mixture options do not apply
         options.pop("output_components", None)
     cfg = OutputLayerConfig(output_layer=name, **options)
-    return build_output_layer(cfg, input_dim, num_tokens, embed_weight=embed_weight)
+    return build_output_layer(cfg, input_dim, num_tokens, embed_weight=embed_weight,
+                              first_target=first_target)
 
 
 def log_probs(layer, features):
@@ -72,18 +73,24 @@ def mixtape_reference(layer: Mixtape, g):
         gate_logits = layer.shared_gate(g).unsqueeze(1).repeat(1, layer.num_tokens, 1)  # (N, V, K-1)
         if S > 0:
             t = torch.tanh(layer.gate_hidden(g)).view(-1, K - 1, layer.gate_dim)
-            gate_logits[:, :S] += torch.einsum("njd,sd->nsj", t, layer.gate_embed) + layer.gate_bias
+            own = torch.einsum("njd,sd->nsj", t, layer.gate_embed) + layer.gate_bias  # (N, S, K-1)
+            gate_logits[:, layer.frequent_ids] += own
         tree = tree_priors_reference(gate_logits, list(range(K)))
         priors = torch.stack([tree[k] for k in range(K)], dim=-1)
     logits = (priors * component_logits).sum(-1)
     return logits if layer.bias is None else logits + layer.bias
 
 
-@pytest.mark.parametrize("K,frequent", [(2, 0.1), (4, 0.1), (4, 7), (8, 0.3), (4, 0), (2, V), (1, 0.1)])
-@pytest.mark.parametrize("bias,scale", [(False, 1.0), (True, 1.0), (True, 4.0)])
-def test_mixtape_shortcut_equals_naive_reference(K, frequent, bias, scale):
+@pytest.mark.parametrize("K,frequent,start", [
+    (2, 0.1, 0), (4, 0.1, 0), (4, 0.1, 2), (4, 7, 43), (8, 0.3, 2), (4, 0, 2), (2, V, 0),
+    (2, V - 2, 2), (1, 0.1, 2)])
+@pytest.mark.parametrize("bias,scale", [(False, 1.0), (True, None), (True, 4.0)])
+def test_mixtape_shortcut_equals_naive_reference(K, frequent, start, bias, scale):
+    """Own gates on ids start .. start+S-1 (at the start, in the middle, at the end)."""
     layer = build("mixtape", output_components=K, mixtape_frequent_tokens=frequent,
-                  mixtape_gate_dim=5, output_bias=bias, output_context_scale=scale).double()
+                  mixtape_gate_dim=5, output_bias=bias, output_context_scale=scale,
+                  first_target=start).double()
+    assert list(layer.frequent_ids) == list(range(start, start + layer.frequent))
     with torch.no_grad():
         if bias:
             layer.bias.normal_()
