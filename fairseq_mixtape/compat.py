@@ -3,7 +3,8 @@
 - torch >= 2.6 loads checkpoints with ``weights_only=True``. fairseq checkpoints of legacy
   (argparse) models pickle an ``argparse.Namespace``, and the multi-GPU resume broadcast
   unpickles omegaconf containers. We allowlist exactly those classes; the protection stays on
-  for everything else (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is never needed).
+  for everything else (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is never needed). Where fairseq's
+  checkpoint loading is still refused (a class outside the allowlist), the error says what to do.
 - NumPy 2 removed ``np.compat.long``, ``np.int`` and ``np.float``, which fairseq's data code
   still uses; we restore them as the aliases they always were.
 - fairseq's torchrun set-up divides by the number of GPUs; on CPU it uses device 0 instead.
@@ -13,7 +14,10 @@
 
 import argparse
 import collections
+import functools
 import os
+import pickle
+import re
 import types
 import typing
 
@@ -41,6 +45,49 @@ def _safe_globals():
 def allow_fairseq_checkpoints():
     if hasattr(torch.serialization, "add_safe_globals"):
         torch.serialization.add_safe_globals(_safe_globals())
+
+
+REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def refusal_message(path, refused: str) -> str:
+    """What to do when torch's weights_only loading refuses the class ``refused`` in a
+    checkpoint, in a process where the plugin (and so its allowlist) is loaded."""
+    return (
+        f"{path}: torch's safe checkpoint loading (weights_only=True) refused {refused}, which "
+        "is not among the classes of fairseq checkpoints that fairseq-mixtape allows "
+        "(argparse.Namespace, omegaconf containers). Every process that loads a fairseq "
+        "checkpoint needs the plugin loaded first: pass "
+        "--user-dir \"$(python -m fairseq_mixtape)\" to fairseq's tools, or "
+        "`import fairseq_mixtape` before loading in Python. Where it is, the checkpoint holds "
+        "something else: only if you trust its source, allow that class with "
+        f"torch.serialization.add_safe_globals([{refused}]) before loading. "
+        "See docs/troubleshooting.md; torch's own message is above.")
+
+
+def explain_refused_checkpoints():
+    """fairseq's ``checkpoint_utils.load_checkpoint_to_cpu`` (fairseq-train's resume,
+    fairseq-generate, fairseq-eval-lm, from_pretrained, ...) re-raises torch's weights_only
+    refusal of a pickled class as an UnpicklingError that names the fix, the original chained (other
+    errors, such as a damaged file, pass unchanged)."""
+    from fairseq import checkpoint_utils
+
+    load = checkpoint_utils.load_checkpoint_to_cpu
+    if getattr(load, "explains_refusal", False):
+        return
+
+    @functools.wraps(load)
+    def explained_load(path, *args, **kwargs):
+        try:
+            return load(path, *args, **kwargs)
+        except pickle.UnpicklingError as error:
+            refused = REFUSED_GLOBAL.search(str(error))
+            if refused is None:
+                raise
+            raise pickle.UnpicklingError(refusal_message(path, refused.group(1))) from error
+
+    explained_load.explains_refusal = True
+    checkpoint_utils.load_checkpoint_to_cpu = explained_load
 
 
 def restore_numpy_aliases():
@@ -114,6 +161,7 @@ def check_precision_before_training():
 
 def apply():
     allow_fairseq_checkpoints()
+    explain_refused_checkpoints()
     restore_numpy_aliases()
     allow_cpu_torchrun()
     check_precision_before_training()

@@ -3,12 +3,18 @@ allowlist, without switching the protection off, and restores the NumPy aliases 
 
 import argparse
 import os
+import pathlib
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from fairseq import checkpoint_utils
 from omegaconf import OmegaConf
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 class NotAllowlisted:
@@ -39,6 +45,50 @@ def test_unexpected_pickled_objects_are_still_refused(tmp_path):
     torch.save({"model": {}, "extra": NotAllowlisted()}, tmp_path / "evil.pt")
     with pytest.raises(pickle.UnpicklingError, match="weights_only"):
         torch.load(tmp_path / "evil.pt")
+
+
+def test_fairseq_loading_refused_names_the_fix(tmp_path):
+    """With the plugin loaded, a checkpoint fairseq cannot load safely fails with what to do,
+    torch's own error chained."""
+    torch.save({"model": {}, "extra": NotAllowlisted()}, tmp_path / "odd.pt")
+    with pytest.raises(pickle.UnpicklingError) as refused:
+        checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "odd.pt"))
+    message = str(refused.value)
+    assert str(tmp_path / "odd.pt") in message
+    assert "test_compat.NotAllowlisted" in message                    # what was refused
+    assert '--user-dir "$(python -m fairseq_mixtape)"' in message       # the fix
+    assert "import fairseq_mixtape" in message
+    assert "add_safe_globals([test_compat.NotAllowlisted])" in message
+    assert isinstance(refused.value.__cause__, pickle.UnpicklingError)
+    assert "Weights only load failed" in str(refused.value.__cause__)
+
+
+def test_other_loading_errors_pass_unchanged(tmp_path):
+    (tmp_path / "truncated.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(pickle.UnpicklingError) as failed:
+        checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "truncated.pt"))
+    assert "fairseq_mixtape" not in str(failed.value) and failed.value.__cause__ is None
+
+
+@pytest.mark.slow
+def test_without_the_plugin_torch_refuses_an_lstm_checkpoint(tmp_path):
+    """What a user sees loading a legacy-model (LSTM) checkpoint without the plugin: torch's
+    refusal of argparse.Namespace, as docs/troubleshooting.md quotes it; with it, it loads."""
+    from helpers import fairseq_train, make_lm_data
+
+    fairseq_train(make_lm_data(tmp_path), "lstm_lm", "mixtape", tmp_path / "ckpt", 1)
+    checkpoint = tmp_path / "ckpt" / "checkpoint_last.pt"
+    load = ("from fairseq import checkpoint_utils; "
+            f"checkpoint_utils.load_checkpoint_to_cpu({str(checkpoint)!r})")
+    without = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert without.returncode == 1
+    refusal = ("WeightsUnpickler error: Unsupported global: GLOBAL argparse.Namespace was not an "
+               "allowed global by default.")
+    assert refusal in without.stderr
+    assert refusal in (REPO / "docs" / "troubleshooting.md").read_text()
+    model_cfg = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))["cfg"]["model"]
+    assert isinstance(model_cfg, argparse.Namespace) and model_cfg.arch == "lstm_lm_mixtape"
 
 
 def test_numpy_aliases_fairseq_uses():
