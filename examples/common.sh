@@ -7,8 +7,9 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # most variables set here are used by the recipes that source it
 
-# The repository root and the plugin folder for --user-dir (fairseq does not record it in
-# checkpoints: every fairseq command of the recipes passes it).
+# The repository root and the plugin folder for --user-dir (fairseq records it in the checkpoint,
+# cfg.common.user_dir, but does not import it when loading one: every fairseq command of the
+# recipes passes it).
 RECIPES_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$RECIPES_ROOT/.." && pwd)"
 USER_DIR="${FAIRSEQ_MIXTAPE_USER_DIR:-$REPO_ROOT/fairseq_mixtape}"
