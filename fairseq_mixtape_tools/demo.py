@@ -30,10 +30,13 @@ import fairseq_mixtape  # noqa: F401  (registers the plugin's layers, models and
 from fairseq_mixtape.output_layers import OUTPUT_LAYERS
 
 from . import bottleneck
+from .arguments import check_components, check_data_dir, check_positive, is_mixture, parse_layers
 from .runner import PACKAGE_DIR, CommandFailed, parse_train_log, run_tool, train_progress_printer
 
 DEFAULT_LAYERS = ("softmax", "sigsoftmax", "mos", "mixtape")
 EOS = "</s>"
+RAW_FILES = ("train.txt", "valid.txt", "test.txt")
+BINARIZED_FILES = ("dict.txt", "train.bin", "train.idx", "test.bin", "test.idx")
 
 
 # The plugin's criterion where it registers one (importing fairseq_mixtape has), else fairseq's.
@@ -153,7 +156,8 @@ def write_corpus(language: MarkovLanguage, text_dir: pathlib.Path, sizes: Dict[s
 
 
 def is_binarized(data_dir: pathlib.Path) -> bool:
-    return (data_dir / "dict.txt").is_file() and (data_dir / "train.bin").is_file()
+    """fairseq-preprocess'd: the dictionary, and the train and test splits the demo uses."""
+    return all((data_dir / name).is_file() for name in BINARIZED_FILES)
 
 
 def preprocess(text_dir: pathlib.Path, bin_dir: pathlib.Path, log_dir: pathlib.Path,
@@ -212,7 +216,7 @@ class ModelSpec:
 def output_layer_arguments(layer: str, components: Optional[int],
                            frequent_tokens: Optional[float], gate_dim: Optional[int]) -> List[str]:
     arguments = ["--output-layer", layer]
-    if components is not None:
+    if components is not None and is_mixture(layer):  # softmax and sigsoftmax have one
         arguments += ["--output-components", components]
     if layer == "mixtape" and frequent_tokens is not None:
         arguments += ["--mixtape-frequent-tokens", frequent_tokens]
@@ -234,7 +238,9 @@ class Result:
 
 
 def components_of(layer: str, components: Optional[int]) -> int:
-    return OUTPUT_LAYERS[layer].default_components if components is None else components
+    if components is None or not is_mixture(layer):
+        return OUTPUT_LAYERS[layer].default_components
+    return components
 
 
 def train(layer: str, bin_dir: pathlib.Path, work_dir: pathlib.Path, model: ModelSpec,
@@ -312,7 +318,8 @@ def parse_args(argv: Optional[Sequence[str]] = None,
                              + ", ".join(OUTPUT_LAYERS))
     parser.add_argument("--updates", type=int, default=ModelSpec.updates,
                         help="training updates per model")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the language and training")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the language and training (>= 0)")
     parser.add_argument("--output-dim", type=int, default=ModelSpec.output_dim,
                         help="d, the decoder output size every output layer sees")
     parser.add_argument("--hidden-size", type=int, default=ModelSpec.hidden_size,
@@ -324,7 +331,8 @@ def parse_args(argv: Optional[Sequence[str]] = None,
                         help="torch threads per fairseq process (these models are tiny: one "
                              "thread is fastest, and far faster on a busy machine)")
     parser.add_argument("--components", type=int,
-                        help="K for every mixture (default: each layer's own: MoS 15, Mixtape 4)")
+                        help="K for every mixture, a power of two for Mixtape (default: each "
+                             "layer's own: MoS 15, Mixtape 4); softmax and sigsoftmax have one")
     parser.add_argument("--mixtape-frequent-tokens", type=float,
                         help="Mixtape's S (a fraction of V or a count); default: every token "
                              "owns its gates on the synthetic language (its words are equally "
@@ -340,11 +348,39 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     synthetic.add_argument("--test-tokens", type=int, default=20_000,
                            help="tokens in each of valid and test")
     args = parser.parse_args(argv)
-    args.layers = [name.strip() for name in args.layers.split(",") if name.strip()]
-    unknown = [name for name in args.layers if name not in OUTPUT_LAYERS]
-    if unknown or not args.layers:
-        parser.error(f"--layers: unknown {unknown}; choose from {', '.join(OUTPUT_LAYERS)}")
+    check_demo_args(parser, args)
     return args
+
+
+def check_demo_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad values and combinations before any work (argparse errors naming the flag);
+    ``args.layers`` becomes the list of layer names."""
+    args.layers = parse_layers(parser, args.layers)
+    check_positive(parser, args, ["--updates", "--output-dim", "--hidden-size", "--lr",
+                                  "--batch-size", "--threads", "--mixtape-gate-dim",
+                                  "--vocab-size", "--successors", "--train-tokens",
+                                  "--test-tokens"])
+    if args.seed < 0:
+        parser.error(f"--seed: got {args.seed}; allowed: a whole number >= 0")
+    check_components(parser, args.components, args.layers)
+    frequent = args.mixtape_frequent_tokens
+    if frequent is not None and not (0 <= frequent < 1 or float(frequent).is_integer()):
+        parser.error(f"--mixtape-frequent-tokens: got {frequent:g}; allowed: a fraction in "
+                     "[0, 1) of the vocabulary or a whole count >= 1")
+    if args.work_dir.exists() and not args.work_dir.is_dir():
+        parser.error(f"--work-dir: got {str(args.work_dir)!r}, not a directory; allowed: a "
+                     "directory, made where it does not exist")
+    if args.data is not None:
+        check_data_dir(parser, args.data, "--data", [RAW_FILES, BINARIZED_FILES])
+        return
+    if args.successors > args.vocab_size:
+        parser.error(f"--successors: got {args.successors}; allowed: 1 to --vocab-size "
+                     f"({args.vocab_size})")
+    targets = args.vocab_size + 2  # </s>, <unk> and the words: the tokens that can be targets
+    if frequent is not None and frequent >= 1 and frequent > targets:
+        parser.error(f"--mixtape-frequent-tokens: got {frequent:g}; allowed: at most {targets} "
+                     f"(the tokens that can be targets: --vocab-size words, </s>, <unk>), or a "
+                     "fraction in [0, 1)")
 
 
 def stage(message: str) -> None:

@@ -2,12 +2,17 @@
 through the real fairseq command-line tools."""
 
 import math
+import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from fairseq_mixtape_tools import demo
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +63,79 @@ def test_write_corpus(tmp_path):
     assert words <= set(language.words[1:])
 
 
-def test_unknown_layer_is_refused():
-    with pytest.raises(SystemExit):
-        demo.parse_args(["--layers", "softmax,nope"])
+def refusal(capsys, argv):
+    """parse_args' argparse error (exit status 2): its message, without the usage lines."""
+    with pytest.raises(SystemExit) as exited:
+        demo.parse_args(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["--layers", "softmax,nope"], "--layers: got 'softmax,nope' (unknown: 'nope'); allowed: "
+                                   "comma-separated output layers from softmax, mos, mixtape"),
+    (["--layers", ","], "--layers: got ','; allowed"),
+    (["--layers", "mos,mos"], "--layers: got 'mos,mos' (mos more than once)"),
+    (["--components", "3", "--layers", "mixtape"],
+     "--components: got 3, which mixtape (in --layers) refuses: --output-components (K): got 3; "
+     "allowed: a power of two >= 1"),
+    (["--components", "3"], "which mixtape (in --layers) refuses"),   # the default layers
+    (["--components", "0", "--layers", "mos"], "--components: got 0; allowed: a whole number >= 1"),
+    (["--updates", "0"], "--updates: got 0; allowed: a number > 0"),
+    (["--batch-size", "-4"], "--batch-size: got -4; allowed: a number > 0"),
+    (["--lr", "0"], "--lr: got 0.0; allowed: a number > 0"),
+    (["--output-dim", "0"], "--output-dim: got 0"),
+    (["--mixtape-gate-dim", "0"], "--mixtape-gate-dim: got 0"),
+    (["--vocab-size", "0"], "--vocab-size: got 0"),
+    (["--test-tokens", "0"], "--test-tokens: got 0"),
+    (["--seed", "-1"], "--seed: got -1; allowed: a whole number >= 0"),
+    (["--successors", "20", "--vocab-size", "10"], "--successors: got 20; allowed: 1 to "
+                                                   "--vocab-size (10)"),
+    (["--mixtape-frequent-tokens", "2.5"], "--mixtape-frequent-tokens: got 2.5; allowed"),
+    (["--mixtape-frequent-tokens", "200", "--vocab-size", "100"],
+     "--mixtape-frequent-tokens: got 200; allowed: at most 102"),
+    (["--data", "/nonexistent"], "--data: got '/nonexistent', which does not exist; allowed: a "
+                                 "directory with train.txt, valid.txt, test.txt or dict.txt, "
+                                 "train.bin, train.idx, test.bin, test.idx"),
+])
+def test_bad_options_are_refused_before_any_work(capsys, argv, expected):
+    assert expected in refusal(capsys, argv)
+
+
+def test_incomplete_data_dir_is_refused(tmp_path, capsys):
+    (tmp_path / "train.txt").write_text("w1 w2\n")
+    (tmp_path / "valid.txt").write_text("w1\n")
+    assert (f"--data: got '{tmp_path}', which lacks test.txt; allowed: a directory with "
+            "train.txt, valid.txt, test.txt or dict.txt") in refusal(capsys,
+                                                                     ["--data", str(tmp_path)])
+    (tmp_path / "dict.txt").write_text("w1 5\n")
+    for name in ("train.bin", "train.idx", "test.bin"):
+        (tmp_path / name).write_bytes(b"")
+    assert "which lacks test.idx;" in refusal(capsys, ["--data", str(tmp_path)])
+    assert "--data: got" in refusal(capsys, ["--data", str(tmp_path / "train.txt")])
+    assert "not a directory" in refusal(capsys, ["--work-dir", str(tmp_path / "train.txt")])
+
+
+@pytest.mark.slow
+def test_script_refuses_at_once(tmp_path):
+    """scripts/demo.py with a bad option: one usage error, no traceback, nothing written."""
+    done = subprocess.run([sys.executable, str(REPO / "scripts/demo.py"), "--components", "3",
+                           "--layers", "mixtape", "--work-dir", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("python scripts/demo.py: error: --components")
+    assert not (tmp_path / "w").exists()
+
+
+def test_components_go_to_the_mixtures_only():
+    assert demo.output_layer_arguments("softmax", 8, None, None) == ["--output-layer", "softmax"]
+    assert demo.output_layer_arguments("mixtape", 8, None, None) == [
+        "--output-layer", "mixtape", "--output-components", 8]
+    assert demo.components_of("sigsoftmax", 8) == 1 and demo.components_of("mos", 8) == 8
+    assert demo.components_of("mos", None) == 15
+
+
+@pytest.mark.slow
 def test_tiny_end_to_end(tmp_path, capsys):
     """Data, fairseq-preprocess, fairseq-train and fairseq-eval-lm for two layers, tiny."""
     results = demo.main([
@@ -79,6 +152,7 @@ def test_tiny_end_to_end(tmp_path, capsys):
     assert "update     4/4" in printed                  # progress from fairseq-train's log
 
 
+@pytest.mark.slow
 def test_user_data_raw_text_is_preprocessed(tmp_path):
     language = demo.MarkovLanguage.random(demo.LanguageSpec(vocab_size=10, successors=3))
     demo.write_corpus(language, tmp_path / "mine", dict(train=300, valid=100, test=100), seed=0)
@@ -93,6 +167,7 @@ def test_user_data_raw_text_is_preprocessed(tmp_path):
 
 def test_user_data_binarized_is_used_as_is(tmp_path):
     (tmp_path / "dict.txt").write_text("w1 5\n")
-    (tmp_path / "train.bin").write_bytes(b"")
+    for name in ("train.bin", "train.idx", "test.bin", "test.idx"):
+        (tmp_path / name).write_bytes(b"")
     args = demo.parse_args(["--data", str(tmp_path)])
     assert demo.prepare_data(args) == (tmp_path, None)

@@ -2,6 +2,7 @@
 tiny models): every stage runs, the tables are written, a rerun skips finished steps, and the
 measured ranks sit where they must (softmax at most d + 1, Mixtape above)."""
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -32,6 +33,7 @@ def check_ranks(runs: dict):
             assert rank["numerical_rank"] > D + 1
 
 
+@pytest.mark.slow
 def test_ptb_experiment_smoke(shared_data, tmp_path):
     argv = ["examples/language_model/ptb_experiment.py", "--data", shared_data / "ptb",
             "--out", tmp_path / "ptb", "--results-dir", tmp_path / "results",
@@ -50,6 +52,7 @@ def test_ptb_experiment_smoke(shared_data, tmp_path):
     assert rerun.count("done already") == 2 * 4  # train, valid, test, rank of both runs
 
 
+@pytest.mark.slow
 def test_multi30k_experiment_smoke(shared_data, tmp_path):
     out = run_script(
         "examples/translation/multi30k_experiment.py", "--data", shared_data / "multi30k-en-de",
@@ -87,3 +90,69 @@ done training in 70.5 seconds"""
 def test_table_caption_names_mos_seeds_only_where_mos_ran():
     assert seeds_text([1, 2], [1], ["softmax", "mos"]) == "seeds 1, 2 (MoS: 1)"
     assert seeds_text([1, 2], [1], ["softmax", "mixtape"]) == "seeds 1, 2"
+
+
+def load_script(relative):
+    spec = importlib.util.spec_from_file_location(pathlib.Path(relative).stem, REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ptb():
+    return load_script("examples/language_model/ptb_experiment.py")
+
+
+def ptb_refusal(ptb, capsys, argv):
+    with pytest.raises(SystemExit) as exited:
+        ptb.parse_args(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--layers", "softmax,mixtap"], "--layers: got 'softmax,mixtap' (unknown: 'mixtap'); "
+                                     "allowed: comma-separated output layers from softmax, mos"),
+    (["--seeds", "1,x"], "--seeds: got '1,x'; allowed: comma-separated whole numbers >= 0"),
+    (["--seeds", "1,1"], "--seeds: got '1,1'"),
+    (["--mos-seeds", "-1"], "--mos-seeds: got '-1'"),
+    (["--components", "3"], "--components: got 3, which mixtape (in --layers) refuses"),
+    (["--components", "3", "--layers", "softmax,mos"], None),          # MoS takes any K
+    (["--dim", "0"], "--dim: got 0; allowed: a number > 0"),
+    (["--dim", "30"], "--dim: got 30; allowed: a multiple of 4"),
+    (["--updates", "-5"], "--updates: got -5; allowed: a number > 0"),
+    (["--tokens-per-sample", "0"], "--tokens-per-sample: got 0"),
+    (["--rank-contexts", "0"], "--rank-contexts: got 0"),
+    (["--context-scale", "0"], "--context-scale: got 0.0"),
+    (["--dropout", "1"], "--dropout: got 1.0; allowed: 0 <= p < 1"),
+    (["--stages", "train,bogus"], "--stages: unknown ['bogus']"),
+])
+def test_ptb_experiment_refuses_bad_options(ptb, capsys, tmp_path, argv, expected):
+    data = tmp_path / "ptb"
+    data.mkdir()
+    for name in ptb.PTB_FILES:
+        (data / name).write_text("a b\n")
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), *argv]
+    if expected is None:
+        assert ptb.parse_args(argv).components == 3
+    else:
+        assert expected in ptb_refusal(ptb, capsys, argv)
+
+
+def test_ptb_experiment_refuses_missing_data(ptb, capsys, tmp_path):
+    assert (f"--data: got '{tmp_path / 'none'}', which does not exist; allowed: a directory with "
+            "ptb.train.txt, ptb.valid.txt, ptb.test.txt") in ptb_refusal(
+                ptb, capsys, ["--data", str(tmp_path / "none")])
+    (tmp_path / "ptb.train.txt").write_text("a b\n")
+    assert "which lacks ptb.valid.txt, ptb.test.txt;" in ptb_refusal(
+        ptb, capsys, ["--data", str(tmp_path)])
+    # without the prepare stage the data is not read, but its output must be there
+    assert "data-bin (made by the prepare stage) is missing" in ptb_refusal(
+        ptb, capsys, ["--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
+                      "--stages", "train,eval"])
+    (tmp_path / "out" / "data-bin").mkdir(parents=True)
+    (tmp_path / "out" / "data-bin" / "dict.txt").write_text("a 1\n")
+    args = ptb.parse_args(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
+                           "--stages", "train,eval"])
+    assert args.layers == list(ptb.LAYERS) and args.seeds == [1, 2] and args.mos_seeds == [1]

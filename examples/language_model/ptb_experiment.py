@@ -16,6 +16,7 @@ thread per process by default (fastest on a small shared CPU). Example (about an
 """
 
 import argparse
+import math
 import os
 import pathlib
 import subprocess
@@ -25,6 +26,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from fairseq_mixtape_tools.arguments import (  # noqa: E402
+    check_components, check_data_dir, check_positive, parse_layers, parse_seeds)
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     evaluate_lm, format_mean, measure_rank, plan_runs, rank_cell, relative_to, scale_text,
     seeds_text, values_of, write_results)
@@ -32,6 +35,8 @@ from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
 STAGES = ("prepare", "train", "eval", "rank", "table")
+PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
+HEADS = 4  # --decoder-attention-heads
 
 
 def parse_args(argv=None):
@@ -50,13 +55,15 @@ def parse_args(argv=None):
                         help="seeds of the MoS runs (each costs about K softmax runs here)")
     parser.add_argument("--stages", default=",".join(STAGES), help="steps to run, in order")
     parser.add_argument("--dim", type=int, default=256,
-                        help="d: the Transformer's width, so the rank a softmax reaches (d + 1)")
+                        help=f"d: the Transformer's width, so the rank a softmax reaches (d + 1); "
+                             f"a multiple of {HEADS}, the attention heads")
     parser.add_argument("--embed-dim", type=int, default=512,
                         help="tied input/output embeddings (transformer_lm's default input and "
                              "output dims; projected to and from --dim)")
     parser.add_argument("--ffn-dim", type=int, default=512)
     parser.add_argument("--decoder-layers", type=int, default=2)
-    parser.add_argument("--components", type=int, default=4, help="K of MoS and Mixtape")
+    parser.add_argument("--components", type=int, default=4,
+                        help="K of MoS and Mixtape (a power of two for Mixtape)")
     parser.add_argument("--context-scale", type=float, default=None,
                         help="--output-context-scale of MoS and Mixtape (default: the plugin's, "
                              "matched to softmax's initial spread; 1 = the papers)")
@@ -71,14 +78,35 @@ def parse_args(argv=None):
     parser.add_argument("--rank-contexts", type=int, default=2000,
                         help="test contexts (rows) of the log-probability matrix")
     args = parser.parse_args(argv)
-    args.layers = args.layers.split(",")
-    args.seeds = [int(s) for s in args.seeds.split(",")]
-    args.mos_seeds = [int(s) for s in args.mos_seeds.split(",")]
     args.stages = args.stages.split(",")
     unknown = set(args.stages) - set(STAGES)
     if unknown:
         parser.error(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    check_args(parser, args)
     return args
+
+
+def check_args(parser, args):
+    """Refuse bad values and combinations before any work (argparse errors naming the flag)."""
+    args.layers = parse_layers(parser, args.layers)
+    args.seeds = parse_seeds(parser, args.seeds, "--seeds")
+    args.mos_seeds = parse_seeds(parser, args.mos_seeds, "--mos-seeds")
+    check_positive(parser, args, ["--dim", "--embed-dim", "--ffn-dim", "--decoder-layers",
+                                  "--updates", "--batch-size", "--tokens-per-sample", "--lr",
+                                  "--threads", "--rank-contexts", "--context-scale"])
+    if args.dim % HEADS:
+        parser.error(f"--dim: got {args.dim}; allowed: a multiple of {HEADS} (the attention "
+                     "heads)")
+    if not (math.isfinite(args.dropout) and 0 <= args.dropout < 1):
+        parser.error(f"--dropout: got {args.dropout}; allowed: 0 <= p < 1")
+    check_components(parser, args.components, args.layers)
+    if "prepare" in args.stages:
+        check_data_dir(parser, args.data, "--data", [PTB_FILES])
+    elif ({"train", "eval", "rank"} & set(args.stages)
+          and not (args.out / "data-bin" / "dict.txt").is_file()):
+        parser.error(f"--stages: got {','.join(args.stages)}, but {args.out / 'data-bin'} (made "
+                     "by the prepare stage) is missing; allowed: add prepare, or an --out that "
+                     "holds it")
 
 
 def train_arguments(args, layer):

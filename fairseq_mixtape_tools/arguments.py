@@ -1,0 +1,89 @@
+"""Checks of the demo's and the experiment scripts' options, before any work: each refusal is an
+``argparse`` error (usage and exit status 2) naming the flag, the value given and what is
+allowed, not a traceback minutes later from deep inside fairseq."""
+
+import argparse
+import math
+import pathlib
+from typing import List, Optional, Sequence
+
+
+def flag_value(args: argparse.Namespace, flag: str):
+    return getattr(args, flag.lstrip("-").replace("-", "_"))
+
+
+def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   flags: Sequence[str]) -> None:
+    """Each of ``flags`` (a count or a size) is > 0 where it is set (None: its default)."""
+    for flag in flags:
+        value = flag_value(args, flag)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            parser.error(f"{flag}: got {value}; allowed: a number > 0")
+
+
+def parse_layers(parser: argparse.ArgumentParser, text: str, flag: str = "--layers") -> List[str]:
+    """Comma-separated output layer names, each registered by the plugin, each once."""
+    from fairseq_mixtape.output_layers import OUTPUT_LAYERS
+
+    layers = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in layers if name not in OUTPUT_LAYERS]
+    allowed = f"comma-separated output layers from {', '.join(OUTPUT_LAYERS)}"
+    if unknown or not layers:
+        which = f" (unknown: {', '.join(map(repr, unknown))})" if unknown else ""
+        parser.error(f"{flag}: got {text!r}{which}; allowed: {allowed}")
+    repeated = sorted({name for name in layers if layers.count(name) > 1})
+    if repeated:
+        parser.error(f"{flag}: got {text!r} ({', '.join(repeated)} more than once); allowed: "
+                     f"{allowed}, each once")
+    return layers
+
+
+def parse_seeds(parser: argparse.ArgumentParser, text: str, flag: str) -> List[int]:
+    """Comma-separated training seeds: whole numbers >= 0, each once."""
+    allowed = "comma-separated whole numbers >= 0, each once (e.g. 1,2)"
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        parser.error(f"{flag}: got {text!r}; allowed: {allowed}")
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        parser.error(f"{flag}: got {text!r}; allowed: {allowed}")
+    return seeds
+
+
+def is_mixture(layer: str) -> bool:
+    """Whether ``--output-components`` applies to the layer (softmax and sigsoftmax have one)."""
+    from fairseq_mixtape.output_layers import OUTPUT_LAYERS
+
+    return OUTPUT_LAYERS[layer].default_components > 1
+
+
+def check_components(parser: argparse.ArgumentParser, components: Optional[int],
+                     layers: Sequence[str], flag: str = "--components") -> None:
+    """K suits every chosen mixture: each layer's own check, on a tiny layer built with it."""
+    if components is None:
+        return
+    if components < 1:
+        parser.error(f"{flag}: got {components}; allowed: a whole number >= 1")
+    from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
+
+    for layer in filter(is_mixture, layers):
+        try:
+            build_output_layer(OutputLayerConfig(output_layer=layer, output_components=components,
+                                                 output_context_scale=1.0), 1, 2)
+        except ValueError as error:
+            parser.error(f"{flag}: got {components}, which {layer} (in --layers) refuses: "
+                         f"{error}")
+
+
+def check_data_dir(parser: argparse.ArgumentParser, path: pathlib.Path, flag: str,
+                   layouts: Sequence[Sequence[str]]) -> None:
+    """``path`` is a directory holding every file of one of ``layouts`` (lists of file names)."""
+    expected = " or ".join(", ".join(layout) for layout in layouts)
+    if not path.is_dir():
+        problem = "not a directory" if path.exists() else "which does not exist"
+        parser.error(f"{flag}: got {str(path)!r}, {problem}; allowed: a directory with {expected}")
+    missing = [[name for name in layout if not (path / name).is_file()] for layout in layouts]
+    if all(missing):  # name what the layout with the most files present lacks
+        closest = max(zip(layouts, missing), key=lambda lm: len(lm[0]) - len(lm[1]))[1]
+        parser.error(f"{flag}: got {str(path)!r}, which lacks {', '.join(closest)}; allowed: a "
+                     f"directory with {expected}")
