@@ -14,8 +14,22 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .runner import PACKAGE_DIR, parse_train_log, run_tool, train_progress_printer
 
-__all__ = ["PACKAGE_DIR", "Run", "plan_runs", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
+__all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "plan_runs", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results"]
+
+
+# The output layers the experiments compare, by name: their fairseq-train flags.
+OUTPUT_VARIANTS = {
+    "softmax": ["--output-layer", "softmax"],
+    "mixtape": ["--output-layer", "mixtape", "--output-components", 4],
+    # the same tanh context layer (with the scale the defaults give it) but no mixture: a softmax
+    # bottleneck caps it at rank E + 1 too
+    "control": ["--output-layer", "mixtape", "--output-components", 1],
+    "sigsoftmax": ["--output-layer", "sigsoftmax"],
+    "mos": ["--output-layer", "mos", "--output-components", 4],
+    "mixtape_papers": ["--output-layer", "mixtape", "--output-components", 4,
+                       "--output-context-scale", 1],  # the papers' unscaled contexts
+}
 
 
 class Run:
@@ -135,13 +149,15 @@ def rank_cell(runs: Sequence[Run]) -> str:
         for rank in (run.result["rank"] for run in runs if "rank" in run.result)) or "-"
 
 
-def measure_rank(run: Run, data_bin: pathlib.Path, contexts: int) -> Dict:
-    """The bottleneck diagnostic on the run's checkpoint and the test split; the spectrum is
-    saved beside it (spectrum.npy) for plot_run_spectra."""
+def measure_rank(run: Run, data_bin: pathlib.Path, contexts: int,
+                 checkpoint: Optional[pathlib.Path] = None) -> Dict:
+    """The bottleneck diagnostic on the run's checkpoint (or ``checkpoint``) and the test split;
+    the spectrum is saved beside it (spectrum.npy) for plot_run_spectra."""
     from .bottleneck import measure_checkpoint
 
-    report = measure_checkpoint(run.checkpoint, data_bin, subset="test", max_contexts=contexts,
-                                name=run.layer, spectrum_path=run.dir / "spectrum.npy")
+    report = measure_checkpoint(checkpoint or run.checkpoint, data_bin, subset="test",
+                                max_contexts=contexts, name=run.layer,
+                                spectrum_path=run.dir / "spectrum.npy")
     return {"rank": report.summary()}
 
 

@@ -54,21 +54,38 @@ def test_ptb_experiment_smoke(shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_multi30k_experiment_smoke(shared_data, tmp_path):
+    """Every stage at toy size, with a further test set: a BLEU line per test set and run, the
+    length penalty tuned on the validation set once, and a table with a column per test set."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in (shared_data / "multi30k-en-de").iterdir():
+        (data / path.name).symlink_to(path)
+    for lang in ("en", "de"):  # a further test set, as users pass test_2017_flickr
+        lines = (shared_data / "multi30k-en-de" / f"test_2016_flickr.{lang}").read_text()
+        (data / f"extra_set.{lang}").write_text("".join(lines.splitlines(True)[:30]))
     out = run_script(
-        "examples/translation/multi30k_experiment.py", "--data", shared_data / "multi30k-en-de",
+        "examples/translation/multi30k_experiment.py", "--data", data,
         "--out", tmp_path / "m30k", "--results-dir", tmp_path / "results",
         "--layers", "softmax,mixtape", "--seeds", "1", "--vocab-size", 500, "--dim", D,
-        "--ffn-dim", 32, "--layers-per-stack", 1, "--updates", 2, "--beam", 1,
-        "--rank-contexts", 40)
+        "--ffn-dim", 32, "--layers-per-stack", 1, "--max-epochs", 1, "--max-update", 2,
+        "--beam", 1, "--lenpens", "0.6,1.0", "--rank-contexts", 40, "--test-sets", "extra_set")
     runs = json.loads((tmp_path / "results/multi30k.json").read_text())
     assert set(runs) == {"softmax_seed1", "mixtape_seed1"}
+    lenpen = json.loads((tmp_path / "m30k/lenpen.json").read_text())
+    assert set(lenpen["valid_bleu"]) == {"0.6", "1.0"} and lenpen["run"] == "softmax_seed1"
     for name, run in runs.items():
         assert run["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
-        assert 0 <= run["test_bleu"] < 100
-        hypotheses = (tmp_path / "m30k/runs" / name / "test.hyp.de").read_text().splitlines()
-        assert len(hypotheses) == 1000  # every test sentence, in order
+        assert run["lenpen"] == lenpen["lenpen"]
+        for test_set, sentences in (("test_2016_flickr", 1000), ("extra_set", 30)):
+            assert 0 <= run[f"bleu_{test_set}"] < 100
+            hypotheses = (tmp_path / "m30k/runs" / name / f"{test_set}.hyp.de").read_text()
+            assert len(hypotheses.splitlines()) == sentences  # every sentence, in order
+            layer = name.split("_seed")[0]
+            assert f"{layer} seed 1: {test_set}: BLEU = " in out
     check_ranks(runs)
-    assert "SacreBLEU nrefs:1" in (tmp_path / "results/multi30k.md").read_text()
+    table = (tmp_path / "results/multi30k.md").read_text()
+    assert "SacreBLEU nrefs:1" in table and "| BLEU test_2016_flickr | BLEU extra_set |" in table
+    assert "| softmax | 1 |" in table and "| mixtape | 1 |" in table
     assert "fairseq-generate" in out
 
 

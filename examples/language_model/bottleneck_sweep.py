@@ -41,18 +41,10 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
-    Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell, values_of)
+    OUTPUT_VARIANTS, Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell, values_of)
 from fairseq_mixtape_tools.runner import run_tool  # noqa: E402
 
-VARIANTS = {  # name: fairseq-train flags of the output layer
-    "softmax": ["--output-layer", "softmax"],
-    "mixtape": ["--output-layer", "mixtape", "--output-components", 4],
-    "control": ["--output-layer", "mixtape", "--output-components", 1],
-    "sigsoftmax": ["--output-layer", "sigsoftmax"],
-    "mos": ["--output-layer", "mos", "--output-components", 4],
-    "mixtape_papers": ["--output-layer", "mixtape", "--output-components", 4,
-                       "--output-context-scale", 1],
-}
+VARIANTS = OUTPUT_VARIANTS
 DEFAULT_VARIANTS = ["softmax", "mixtape", "control", "mos", "mixtape_papers"]
 EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control")
 SPLIT_NAMES = ("ptb.{}.txt", "{}.txt", "wiki.{}.tokens")

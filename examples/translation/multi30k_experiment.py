@@ -1,42 +1,60 @@
 #!/usr/bin/env python
-"""Multi30k English-German: softmax vs MoS vs Mixtape on the same small Transformer, the same
-budget (updates, batch, schedule) and the same seeds; detokenized SacreBLEU on test_2016_flickr.
+"""Multi30k English-German, trained to convergence: softmax vs Mixtape vs the no-mixture control
+(Mixtape with K = 1) vs MoS on the same Transformer, with the same budget (epochs, batch,
+schedule) and the same seeds; detokenized SacreBLEU on test_2016_flickr and any further test sets.
 
-Steps (each finished one is skipped when the script is run again, so it can be interrupted):
+Steps (each finished one is skipped when the script is run again; an interrupted training run
+resumes from its last checkpoint):
   prepare  a joint sentencepiece BPE model on the training text of both languages, the splits
            encoded with it, fairseq-preprocess --joined-dictionary into OUT/data-bin
-  train    fairseq-train, one run per (output layer, seed), in OUT/runs/LAYER_seedS/
-  generate fairseq-generate --gen-subset test (beam 5), sentencepiece removed, scored against
-           the raw reference with sacrebleu (its default 13a tokenization)
-  rank     the log-probability matrix of each checkpoint on test (fairseq_mixtape_tools.bottleneck)
+  train    fairseq-train for --max-epochs epochs (inverse square-root schedule after a linear
+           warm-up; validation loss every epoch; an epoch checkpoint every epoch), one run per
+           (output layer, seed), in OUT/runs/LAYER_seedS/
+  average  the average of the last --average epoch checkpoints: the evaluated model
+  tune     the length penalty: the one of --lenpens with the best BLEU on the validation set, for
+           the softmax run of the first seed only; then used unchanged for every run
+  generate fairseq-generate with beam --beam and the tuned length penalty on test_2016_flickr and
+           every --test-sets NAME (NAME.en/NAME.de in --data), sentencepiece removed, scored
+           against the raw reference with sacrebleu (13a): one BLEU line per test set
+  rank     the log-probability matrix of the averaged model on test (fairseq_mixtape_tools.bottleneck)
   table    RESULTS_DIR/multi30k.md (mean and spread over seeds) and multi30k.json
 
 Everything runs through fairseq's command-line tools with --user-dir fairseq_mixtape, one torch
-thread per process by default. Example (about an hour on 2 cores):
+thread per process by default; --jobs runs several trainings at once. The default run (softmax
+and Mixtape with 3 seeds, the control and MoS with 1) takes about 15 core-hours:
   python examples/translation/multi30k_experiment.py --data ../shared/data/multi30k-en-de \\
-      --out runs/multi30k
+      --out runs/multi30k --jobs 1
 """
 
 import argparse
+import concurrent.futures
+import json
 import math
 import pathlib
 import re
 import shutil
 import statistics
+import subprocess
 import sys
+import threading
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # run from a checkout
 REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
-    format_mean, measure_rank, plan_runs, rank_cell, relative_to, scale_text, seeds_text,
-    values_of, write_results)
+    OUTPUT_VARIANTS, Run, format_mean, measure_rank, rank_cell, scale_text, values_of,
+    write_results)
 from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
-LAYERS = ("softmax", "mixtape", "mos")
-STAGES = ("prepare", "train", "generate", "rank", "table")
+LAYERS = ("softmax", "mixtape", "control", "mos")
+STAGES = ("prepare", "train", "average", "tune", "generate", "rank", "table")
 SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}  # fairseq: Multi30k
+TEST = SPLITS["test"]
+
+
+def comma_list(kind):
+    return lambda text: [kind(item) for item in text.split(",") if item]
 
 
 def parse_args(argv=None):
@@ -50,39 +68,97 @@ def parse_args(argv=None):
     parser.add_argument("--results-dir", type=pathlib.Path,
                         default=REPO / "examples/translation/results",
                         help="where multi30k.md and multi30k.json go")
-    parser.add_argument("--layers", default=",".join(LAYERS), help="output layers to compare")
-    parser.add_argument("--seeds", default="1,2", help="training seeds")
-    parser.add_argument("--mos-seeds", default="1",
-                        help="seeds of the MoS runs (each costs about K softmax runs here)")
-    parser.add_argument("--stages", default=",".join(STAGES), help="steps to run, in order")
+    parser.add_argument("--layers", type=comma_list(str), default=list(LAYERS),
+                        help=f"output layers to compare, from {', '.join(OUTPUT_VARIANTS)}")
+    parser.add_argument("--seeds", type=comma_list(int), default=[1, 2, 3],
+                        help="training seeds (all layers but control and mos)")
+    parser.add_argument("--control-seeds", type=comma_list(int), default=[1],
+                        help="seeds of the control (Mixtape with K = 1)")
+    parser.add_argument("--mos-seeds", type=comma_list(int), default=[1],
+                        help="seeds of the MoS runs (each costs several softmax runs)")
+    parser.add_argument("--test-sets", type=comma_list(str), default=[],
+                        help="more test sets to score, NAME.en/NAME.de in --data (e.g. "
+                             "test_2017_flickr,test_2017_mscoco,test_2018_flickr)")
+    parser.add_argument("--stages", type=comma_list(str), default=list(STAGES),
+                        help=f"steps to run, from {', '.join(STAGES)}")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     parser.add_argument("--vocab-size", type=int, default=8000,
                         help="joint sentencepiece BPE vocabulary")
     parser.add_argument("--dim", type=int, default=128, help="d: embeddings and model width")
     parser.add_argument("--ffn-dim", type=int, default=512)
     parser.add_argument("--layers-per-stack", type=int, default=3,
                         help="encoder layers = decoder layers")
-    parser.add_argument("--components", type=int, default=4, help="K of MoS and Mixtape")
     parser.add_argument("--context-scale", type=float, default=None,
                         help="--output-context-scale of MoS and Mixtape (default: the plugin's, "
                              "matched to softmax's initial spread; 1 = the papers)")
-    parser.add_argument("--updates", type=int, default=400, help="updates per run")
+    parser.add_argument("--max-epochs", type=int, default=20, help="epochs of every run")
+    parser.add_argument("--max-update", type=int, default=0,
+                        help="stop a run after this many updates as well (0: no limit)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch")
     parser.add_argument("--lr", type=float, default=0.002,
-                        help="Adam peak learning rate (linear warm-up, then linear decay to 0)")
+                        help="Adam peak learning rate (linear warm-up, then inverse square root)")
+    parser.add_argument("--warmup-updates", type=int, default=800)
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--average", type=int, default=5,
+                        help="the evaluated model averages the last N epoch checkpoints")
     parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--lenpens", type=comma_list(float), default=[0.6, 1.0, 1.4],
+                        help="length penalties tried on the validation set (softmax, first seed)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--rank-contexts", type=int, default=2000,
                         help="target positions (rows) of the log-probability matrix")
     args = parser.parse_args(argv)
-    args.layers = args.layers.split(",")
-    args.seeds = [int(s) for s in args.seeds.split(",")]
-    args.mos_seeds = [int(s) for s in args.mos_seeds.split(",")]
-    args.stages = args.stages.split(",")
-    unknown = set(args.stages) - set(STAGES)
-    if unknown:
-        parser.error(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    check_args(parser, args)
     return args
+
+
+def check_args(parser, args):
+    """Refuse bad values before any work, naming the flag, the value and what is allowed."""
+    def refuse(flag, value, allowed):
+        parser.error(f"{flag}: got {value!r}; allowed: {allowed}")
+
+    for flag, values, allowed in [("--layers", args.layers, OUTPUT_VARIANTS),
+                                  ("--stages", args.stages, STAGES)]:
+        for value in values:
+            if value not in allowed:
+                refuse(flag, value, ", ".join(allowed))
+    for flag in ("seeds", "control_seeds", "mos_seeds"):
+        for value in getattr(args, flag):
+            if value < 1:
+                refuse(f"--{flag.replace('_', '-')}", value, "whole numbers >= 1")
+    for flag in ("jobs", "threads", "vocab_size", "dim", "ffn_dim", "layers_per_stack",
+                 "max_epochs", "max_tokens", "warmup_updates", "average", "beam",
+                 "rank_contexts"):
+        if getattr(args, flag) < 1:
+            refuse(f"--{flag.replace('_', '-')}", getattr(args, flag), "a whole number >= 1")
+    if args.max_update < 0:
+        refuse("--max-update", args.max_update, "0 (no limit) or a whole number >= 1")
+    if not args.lr > 0:
+        refuse("--lr", args.lr, "a number > 0")
+    if not 0 <= args.dropout < 1:
+        refuse("--dropout", args.dropout, "a probability in [0, 1)")
+    if not args.lenpens:
+        refuse("--lenpens", "", "at least one length penalty")
+    needed = [f"{name}.{lang}" for name in args.test_sets for lang in ("en", "de")]
+    if "prepare" in args.stages:
+        needed += [f"{split}.{lang}" for split in SPLITS.values() for lang in ("en", "de")]
+    missing = [name for name in needed if not (args.data / name).is_file()]
+    if missing:
+        refuse("--data", str(args.data), f"a folder with {', '.join(missing)} (missing)")
+
+
+def plan(args):
+    """Seed by seed, every layer (so that drifts in machine load hit all layers alike); each layer
+    only for its seeds; MoS, which costs several softmaxes, last."""
+    seeds_of = {"control": args.control_seeds, "mos": args.mos_seeds}
+    seeds = sorted({s for layer in args.layers for s in seeds_of.get(layer, args.seeds)})
+    runs = []
+    for mos_pass in (False, True):
+        for seed in seeds:
+            for layer in args.layers:
+                if (layer == "mos") == mos_pass and seed in seeds_of.get(layer, args.seeds):
+                    runs.append(Run(args.out / "runs", layer, seed))
+    return runs
 
 
 def prepare(args):
@@ -118,53 +194,169 @@ def prepare(args):
         "--joined-dictionary", "--workers", 2], args.out / "preprocess.log")
 
 
+def prepare_test_set(args, name: str) -> pathlib.Path:
+    """A further test set NAME.{en,de}, encoded with the BPE model and binarized with the
+    training dictionary, in OUT/test-bin/NAME (split "test")."""
+    import sentencepiece as spm
+
+    bin_dir, spm_dir = args.out / "test-bin" / name, args.out / "spm"
+    if (bin_dir / "test.en-de.de.bin").is_file():
+        return bin_dir
+    model = spm.SentencePieceProcessor(model_file=str(spm_dir / "spm.model"))
+    for lang in ("en", "de"):
+        pieces = model.encode((args.data / f"{name}.{lang}").read_text().splitlines(),
+                              out_type=str)
+        (spm_dir / f"{name}.{lang}").write_text("".join(" ".join(p) + "\n" for p in pieces))
+    run_tool("preprocess", [
+        "--source-lang", "en", "--target-lang", "de", "--testpref", spm_dir / name,
+        "--destdir", bin_dir, "--srcdict", args.out / "data-bin/dict.en.txt",
+        "--tgtdict", args.out / "data-bin/dict.de.txt", "--workers", 1],
+        args.out / f"preprocess_{name}.log")
+    return bin_dir
+
+
 def train_arguments(args, layer):
-    arch = "transformer_mos" if layer.startswith("mos") else "transformer_mixtape"
-    layer_args = ["--output-layer", layer]
-    if layer in ("mos", "mixtape", "mos_sigsoftmax"):
-        layer_args += ["--output-components", args.components]
-        if args.context_scale is not None:
-            layer_args += ["--output-context-scale", args.context_scale]
+    layer_args = [*OUTPUT_VARIANTS[layer]]
+    if args.context_scale is not None and layer in ("mos", "mixtape", "mixtape_papers"):
+        layer_args += ["--output-context-scale", args.context_scale]
     model = []
     for side in ("encoder", "decoder"):
         model += [f"--{side}-layers", args.layers_per_stack, f"--{side}-embed-dim", args.dim,
                   f"--{side}-ffn-embed-dim", args.ffn_dim, f"--{side}-attention-heads", 4,
                   f"--{side}-normalize-before"]  # pre-norm: stable at a short warm-up
+    limit = ["--max-update", args.max_update] if args.max_update else []
     return [
         args.out / "data-bin", "--task", "translation", "--source-lang", "en",
-        "--target-lang", "de", "--arch", arch, *layer_args, *model, "--share-all-embeddings",
-        "--dropout", args.dropout, "--criterion", "output_layer_label_smoothed_cross_entropy",
-        "--label-smoothing", 0.1, "--max-tokens", args.max_tokens, "--max-update", args.updates,
+        "--target-lang", "de", "--arch", "transformer_mixtape", *layer_args, *model,
+        "--share-all-embeddings", "--dropout", args.dropout,
+        "--criterion", "output_layer_label_smoothed_cross_entropy", "--label-smoothing", 0.1,
+        "--max-tokens", args.max_tokens, "--max-epoch", args.max_epochs, *limit,
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", args.lr,
-        "--clip-norm", 1.0, "--lr-scheduler", "polynomial_decay",
-        "--warmup-updates", max(1, args.updates // 10), "--total-num-update", args.updates,
-        "--end-learning-rate", 0.0, "--log-interval", max(1, args.updates // 12),
-        "--log-format", "simple", "--disable-validation", "--no-epoch-checkpoints",
-        "--num-workers", 0, "--cpu"]
+        "--clip-norm", 1.0, "--lr-scheduler", "inverse_sqrt",
+        "--warmup-updates", args.warmup_updates, "--warmup-init-lr", 1e-7,
+        "--log-interval", 50, "--log-format", "simple", "--save-interval", 1,
+        "--keep-last-epochs", args.average, "--save-interval-updates", 500,
+        "--keep-interval-updates", 1, "--num-workers", 0, "--cpu"]
 
 
-def generate(args, run):
-    output = run_tool("generate", [
-        args.out / "data-bin", "--path", run.checkpoint, "--user-dir", PACKAGE_DIR,
-        "--task", "translation", "--source-lang", "en", "--target-lang", "de",
-        "--gen-subset", "test", "--beam", args.beam, "--max-len-a", 1.5, "--max-len-b", 10,
-        "--batch-size", 64,
-        "--required-batch-size-multiple", 1, "--remove-bpe", "sentencepiece",
-        "--num-workers", 0, "--cpu"], run.dir / "generate_test.log", threads=args.threads)
-    hypotheses = dict((int(i), text) for i, text in
-                      re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", output, flags=re.M))
-    references = (args.data / f"{SPLITS['test']}.de").read_text().splitlines()
-    if len(hypotheses) != len(references):
-        raise RuntimeError(f"{run.dir / 'generate_test.log'}: {len(hypotheses)} hypotheses "
-                           f"for {len(references)} references")
-    (run.dir / "test.hyp.de").write_text(
-        "".join(hypotheses[i] + "\n" for i in range(len(references))))
+def averaged(run: Run) -> pathlib.Path:
+    return run.dir / "checkpoint.averaged.pt"
+
+
+def average(args, run):
+    """The average of the last --average epoch checkpoints (fewer if fewer epochs ended; the
+    last checkpoint itself if --max-update stopped the run inside its first epoch)."""
+    epochs = sorted(int(m.group(1)) for path in run.dir.glob("checkpoint*.pt")
+                    if (m := re.fullmatch(r"checkpoint(\d+)\.pt", path.name)))
+    count = min(args.average, len(epochs))
+    if count == 0:
+        shutil.copyfile(run.checkpoint, averaged(run))
+        return {"averaged_epochs": []}
+    subprocess.run([sys.executable, str(REPO / "scripts/average_checkpoints.py"),
+                    "--inputs", str(run.dir), "--num-epoch-checkpoints", str(count),
+                    "--output", str(averaged(run))], check=True, capture_output=True)
+    return {"averaged_epochs": epochs[-count:]}
+
+
+def translate(args, run, data_dir, subset, references_path, lenpen, log_name):
+    """fairseq-generate on ``subset`` of ``data_dir`` with the averaged model; returns the
+    detokenized hypotheses in order and sacrebleu's corpus BLEU against the raw references."""
     import sacrebleu
 
+    output = run_tool("generate", [
+        data_dir, "--path", averaged(run), "--user-dir", PACKAGE_DIR,
+        "--task", "translation", "--source-lang", "en", "--target-lang", "de",
+        "--gen-subset", subset, "--beam", args.beam, "--lenpen", lenpen,
+        "--max-len-a", 1.5, "--max-len-b", 10, "--batch-size", 64,
+        "--required-batch-size-multiple", 1, "--remove-bpe", "sentencepiece",
+        "--num-workers", 0, "--cpu"], run.dir / log_name, threads=args.threads)
+    hypotheses = dict((int(i), text) for i, text in
+                      re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", output, flags=re.M))
+    references = references_path.read_text().splitlines()
+    if len(hypotheses) != len(references):
+        raise RuntimeError(f"{run.dir / log_name}: {len(hypotheses)} hypotheses "
+                           f"for {len(references)} references")
+    ordered = [hypotheses[i] for i in range(len(references))]
     metric = sacrebleu.BLEU()
-    bleu = metric.corpus_score([hypotheses[i] for i in range(len(references))], [references])
-    return {"test_bleu": bleu.score, "bleu": str(bleu),
-            "bleu_signature": str(metric.get_signature())}
+    return ordered, metric.corpus_score(ordered, [references]), str(metric.get_signature())
+
+
+TUNING_LOCK = threading.Lock()
+
+
+def tuned_lenpen(args, runs):
+    """The length penalty of --lenpens with the best validation BLEU for the softmax run of the
+    first seed (OUT/lenpen.json, computed once); None until that run is averaged."""
+    path = args.out / "lenpen.json"
+    with TUNING_LOCK:
+        if path.is_file():
+            return json.loads(path.read_text())["lenpen"]
+        reference = next((r for r in runs if r.layer == "softmax" and r.seed == args.seeds[0]),
+                         None)
+        if reference is None or not averaged(reference).is_file():
+            return None
+        scores = {}
+        for lenpen in args.lenpens:
+            _, bleu, _ = translate(args, reference, args.out / "data-bin", "valid",
+                                   args.data / f"{SPLITS['valid']}.de", lenpen,
+                                   f"generate_valid_lenpen{lenpen:g}.log")
+            scores[lenpen] = bleu.score
+            print(f"    tune: softmax seed {reference.seed}, lenpen {lenpen:g}: valid BLEU "
+                  f"{bleu.score:.2f}", flush=True)
+        best = max(scores, key=scores.get)
+        path.write_text(json.dumps({"lenpen": best, "valid_bleu": scores,
+                                    "run": reference.dir.name}, indent=1) + "\n")
+        return best
+
+
+def generate(args, run, lenpen):
+    """BLEU of the averaged model on test_2016_flickr and every --test-sets set."""
+    result = {"lenpen": lenpen}
+    for name in [TEST, *args.test_sets]:
+        data_dir = args.out / "data-bin" if name == TEST else prepare_test_set(args, name)
+        hypotheses, bleu, signature = translate(args, run, data_dir, "test",
+                                                args.data / f"{name}.de", lenpen,
+                                                f"generate_{name}.log")
+        (run.dir / f"{name}.hyp.de").write_text("".join(h + "\n" for h in hypotheses))
+        result.update({f"bleu_{name}": bleu.score, f"bleu_line_{name}": str(bleu)})
+        result["bleu_signature"] = signature
+    return result
+
+
+def execute(args, run, runs):
+    """Every stage of one run; finished steps are skipped (their values are in result.json)."""
+    describe = f"{args.max_epochs} epochs" + (f", <= {args.max_update} updates"
+                                               if args.max_update else "")
+    if "train" in args.stages:
+        run.step("train_seconds", lambda: run.train(train_arguments(args, run.layer),
+                                                    args.max_update or 0, args.threads),
+                 f"fairseq-train ({describe})")
+    if "average" in args.stages and run.checkpoint.is_file():
+        run.step("averaged_epochs", lambda: average(args, run),
+                 f"average of the last {args.average} epoch checkpoints")
+    if "generate" in args.stages and averaged(run).is_file():
+        lenpen = tuned_lenpen(args, runs) if "tune" in args.stages else None
+        lenpen = lenpen if lenpen is not None else recorded_lenpen(args)
+        if lenpen is None:
+            print(f"    {run.layer} seed {run.seed}: generate waits for the length penalty "
+                  "(tuned on the softmax run of the first seed)", flush=True)
+        else:
+            key = f"bleu_{args.test_sets[-1]}" if args.test_sets else f"bleu_{TEST}"
+            run.step(key, lambda: generate(args, run, lenpen),
+                     f"fairseq-generate (beam {args.beam}, lenpen {lenpen:g}) + sacrebleu")
+            for name in [TEST, *args.test_sets]:
+                if f"bleu_line_{name}" in run.result:
+                    print(f"    {run.layer} seed {run.seed}: {name}: "
+                          f"{run.result[f'bleu_line_{name}']}", flush=True)
+    if "rank" in args.stages and averaged(run).is_file():
+        run.step("rank", lambda: measure_rank(run, args.out / "data-bin", args.rank_contexts,
+                                              averaged(run)),
+                 "log-probability matrix rank")
+
+
+def recorded_lenpen(args):
+    path = args.out / "lenpen.json"
+    return json.loads(path.read_text())["lenpen"] if path.is_file() else None
 
 
 def write_table(args, runs):
@@ -172,27 +364,41 @@ def write_table(args, runs):
     softmax = by_layer.get("softmax", [])
     signature = next((r.result["bleu_signature"] for r in runs if "bleu_signature" in r.result),
                      "-")
+    test_sets = [TEST, *args.test_sets]
+    tuning = json.loads((args.out / "lenpen.json").read_text()) if (
+        args.out / "lenpen.json").is_file() else None
     lines = [
         f"Multi30k En-De, Transformer {args.layers_per_stack}+{args.layers_per_stack} layers, "
-        f"d = {args.dim} (FFN {args.ffn_dim}, all embeddings shared), joint sentencepiece BPE "
-        f"{args.vocab_size}, K = {args.components}, context scale {scale_text(args.context_scale)}, "
-        f"{args.updates} updates of <= {args.max_tokens} tokens, beam {args.beam}; "
-        f"{seeds_text(args.seeds, args.mos_seeds, args.layers)}; "
-        f"mean ± half the range over seeds. SacreBLEU {signature}.",
+        f"d = {args.dim} (FFN {args.ffn_dim}, pre-norm, all embeddings shared), joint "
+        f"sentencepiece BPE {args.vocab_size}, K = 4 (control: K = 1), context scale "
+        f"{scale_text(args.context_scale)}; {args.max_epochs} epochs of <= {args.max_tokens} "
+        f"tokens" + (f" (at most {args.max_update} updates)" if args.max_update else "")
+        + f", Adam lr {args.lr:g} after {args.warmup_updates} warm-up updates, inverse square "
+        f"root decay, dropout {args.dropout:g}, label smoothing 0.1; the average of the last "
+        f"{args.average} epoch checkpoints; beam {args.beam}, length penalty "
+        + (f"{tuning['lenpen']:g} (best validation BLEU of the softmax run of seed "
+           f"{args.seeds[0]} among {', '.join(f'{p:g}' for p in args.lenpens)})"
+           if tuning else "-")
+        + "; mean ± half the range over seeds. SacreBLEU " + signature + ".",
         "",
-        "| output layer | params | test BLEU | vs softmax | train time (s) | time vs softmax "
-        "| rank (numerical / 1e-3 / 1e-4 / 1e-5) |",
-        "|---|---:|---:|---:|---:|---:|---|"]
+        "| output layer | seeds | params | " + " | ".join(f"BLEU {name}" for name in test_sets)
+        + f" | {TEST} vs softmax | s / epoch | rank (numerical / 1e-3 / 1e-4 / 1e-5) |",
+        "|---|---|---:|" + "---:|" * len(test_sets) + "---:|---:|---|"]
+    softmax_bleu = values_of(softmax, f"bleu_{TEST}")
     for layer, group in by_layer.items():
-        bleu, seconds = values_of(group, "test_bleu"), values_of(group, "train_seconds")
-        softmax_bleu = statistics.fmean(values_of(softmax, "test_bleu") or [math.nan])
+        if not group:
+            continue
         params = values_of(group, "parameters")
-        params = f"{int(params[0]):,}" if params else "-"
-        lines.append(f"| {layer} | {params} | {format_mean(bleu)} "
-                     f"| {format_mean([b - softmax_bleu for b in bleu])} "
-                     f"| {format_mean(seconds, 0)} "
-                     f"| {format_mean(relative_to(seconds, values_of(softmax, 'train_seconds')))}x "
-                     f"| {rank_cell(group)} |")
+        bleu = values_of(group, f"bleu_{TEST}")
+        reference = statistics.fmean(softmax_bleu) if softmax_bleu else math.nan
+        epoch_seconds = [r.result["train_seconds"] / len(r.result["valid_ppl_curve"])
+                         for r in group if r.result.get("valid_ppl_curve")]
+        lines.append(
+            f"| {layer} | {','.join(str(r.seed) for r in group)} "
+            f"| {f'{int(params[0]):,}' if params else '-'} | "
+            + " | ".join(format_mean(values_of(group, f"bleu_{name}")) for name in test_sets)
+            + f" | {format_mean([b - reference for b in bleu])} "
+            f"| {format_mean(epoch_seconds, 0)} | {rank_cell(group)} |")
     write_results(runs, lines, args.results_dir, "multi30k", args.seeds[0],
                   f"Multi30k test log-prob matrix ({args.rank_contexts} target positions), "
                   f"seed {args.seeds[0]}; dotted: d + 1")
@@ -203,22 +409,22 @@ def main(argv=None):
     started = time.monotonic()
     if "prepare" in args.stages:
         prepare(args)
-    runs = plan_runs(args.out / "runs", args.layers, args.seeds, args.mos_seeds)
-    for run in runs:
-        if "train" in args.stages:
-            run.step("train_seconds",
-                     lambda: run.train(train_arguments(args, run.layer), args.updates,
-                                       args.threads),
-                     f"fairseq-train ({args.updates} updates)")
-        if "generate" in args.stages:
-            run.step("test_bleu", lambda: generate(args, run), "fairseq-generate + sacrebleu")
-        if "rank" in args.stages:
-            run.step("rank", lambda: measure_rank(run, args.out / "data-bin", args.rank_contexts),
-                     "log-probability matrix rank")
+    runs = plan(args)
+    print(f"{len(runs)} runs, {args.jobs} at a time", flush=True)
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        failures = [f for f in concurrent.futures.as_completed(
+            [pool.submit(execute, args, run, runs) for run in runs])
+            if f.exception() is not None]
+    if "generate" in args.stages and not failures:
+        for run in runs:  # those trained before the length penalty was tuned
+            execute(args, run, runs)
     if "table" in args.stages:
         write_table(args, runs)
+    for failure in failures:
+        print(f"failed: {failure.exception()}", flush=True)
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
