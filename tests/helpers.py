@@ -20,6 +20,7 @@ from fairseq import options, tasks
 from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+from fairseq_mixtape.output_layers import OUTPUT_LAYERS
 from fairseq_mixtape_tools.building import model_config, parse_train_args, task_on, with_overrides
 from fairseq_mixtape_tools.memory import LiveTensorPeak as PeakMemory  # noqa: F401
 
@@ -115,8 +116,12 @@ def batch(task, split: str = "train", size: int = 4, start: int = 0):
     return dataset.collater([dataset[i] for i in range(start, start + size)])
 
 
+# Every output layer, in the registry's order, for the tests that run each; the mixtures are
+# those with K components (softmax and sigsoftmax have one).
+LAYERS = list(OUTPUT_LAYERS)
+MIXTURES = [name for name in LAYERS if OUTPUT_LAYERS[name].default_components > 1]
+
 # In-memory tiny models of every family (no data files), built through fairseq's CLI parsing.
-LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax", "mos_sigsoftmax"]
 FAMILIES = {  # family: (task, arch, tiny sizes)
     "transformer": ("translation", "transformer_mixtape", TINY_TRANSFORMER),
     "lstm": ("translation", "lstm_mixtape", TINY_LSTM),

@@ -14,11 +14,10 @@ from fairseq_mixtape.criterions import (OutputLayerCrossEntropyCriterion,
 from fairseq_mixtape.criterions.chunked import rows_per_chunk, token_losses
 from fairseq_mixtape.models import output_layer_of
 from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
-from helpers import (TINY_LSTM, TINY_LSTM_LM, TINY_TRANSFORMER, TINY_TRANSFORMER_LM, PeakMemory,
-                     batch, build_from_args, build_model, make_lm_data, make_mt_data)
+from helpers import (LAYERS, MIXTURES, TINY_LSTM, TINY_LSTM_LM, TINY_TRANSFORMER,
+                     TINY_TRANSFORMER_LM, PeakMemory, batch, build_from_args, build_model,
+                     make_lm_data, make_mt_data)
 
-LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax", "mos_sigsoftmax"]
-MIXTURES = ["mos", "mixtape", "mos_sigsoftmax"]
 LM = ["--task", "language_modeling", "--tokens-per-sample", "16", "--sample-break-mode", "eos"]
 FAMILIES = {  # family -> (corpus, arguments); the criterion flags are checked in test_flags
     "transformer": ("mt", ["--task", "translation", "--arch", "transformer_mos",

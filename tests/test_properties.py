@@ -8,13 +8,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
-from test_output_layers import mixtape_reference
+from helpers import LAYERS
+from references import mixtape_reference
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
 
 @st.composite
-def layer_options(draw, names=("softmax", "mos", "mixtape", "sigsoftmax", "mos_sigsoftmax")):
+def layer_options(draw, names=tuple(LAYERS)):
     name = draw(st.sampled_from(names))
     vocab = draw(st.integers(1, 60))
     dim = draw(st.integers(1, 12))
