@@ -5,7 +5,35 @@ allowed, not a traceback minutes later from deep inside fairseq."""
 import argparse
 import math
 import pathlib
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
+
+
+def comma_list(kind: Callable) -> Callable[[str], list]:
+    """An argparse type: comma-separated values of ``kind`` ("16,32" -> [16, 32])."""
+    return lambda text: [kind(item) for item in text.split(",") if item]
+
+
+def check_choices(parser: argparse.ArgumentParser, flag: str, values: Sequence[str],
+                  allowed: Sequence[str]) -> None:
+    """Each of ``values`` (a list flag's) is one of ``allowed``."""
+    for value in values:
+        if value not in allowed:
+            parser.error(f"{flag}: got {value!r}; allowed: {', '.join(allowed)}")
+
+
+def check_counts(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 flags: Sequence[str]) -> None:
+    """Each of ``flags``, a whole number or a list of them, is >= 1."""
+    for flag in flags:
+        value = flag_value(args, flag)
+        for item in value if isinstance(value, list) else [value]:
+            if item < 1:
+                parser.error(f"{flag}: got {item}; allowed: whole numbers >= 1")
+
+
+def check_probability(parser: argparse.ArgumentParser, flag: str, value: float) -> None:
+    if not 0 <= value < 1:
+        parser.error(f"{flag}: got {value}; allowed: a probability in [0, 1)")
 
 
 def flag_value(args: argparse.Namespace, flag: str):

@@ -42,6 +42,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     OUTPUT_VARIANTS, Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell, values_of)
+from fairseq_mixtape_tools.arguments import (  # noqa: E402
+    check_choices, check_counts, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import run_tool  # noqa: E402
 
 VARIANTS = OUTPUT_VARIANTS
@@ -50,10 +52,6 @@ EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control")
 SPLIT_NAMES = ("ptb.{}.txt", "{}.txt", "wiki.{}.tokens")
 STAGES = ("prepare", "train", "eval", "rank", "table")
 PLATEAU = 2.0  # % improvement of valid perplexity over the last epoch that counts as a plateau
-
-
-def comma_list(kind):
-    return lambda text: [kind(item) for item in text.split(",") if item]
 
 
 def parse_args(argv=None):
@@ -103,28 +101,16 @@ def parse_args(argv=None):
 
 def check_args(parser, args):
     """Refuse bad values before any work, naming the flag, the value and what is allowed."""
-    def refuse(flag, value, allowed):
-        parser.error(f"{flag}: got {value!r}; allowed: {allowed}")
-
-    for flag, values, allowed in [("--layers", args.layers, VARIANTS),
-                                  ("--stages", args.stages, STAGES)]:
-        for value in values:
-            if value not in allowed:
-                refuse(flag, value, ", ".join(allowed))
-    for flag in ("dims", "mos_dims", "papers_dims", "seeds", "extra_seeds"):
-        for value in getattr(args, flag):
-            if value < 1:
-                refuse(f"--{flag.replace('_', '-')}", value, "whole numbers >= 1")
+    check_choices(parser, "--layers", args.layers, list(VARIANTS))
+    check_choices(parser, "--stages", args.stages, STAGES)
+    check_counts(parser, args, [
+        "--dims", "--mos-dims", "--papers-dims", "--seeds", "--extra-seeds", "--jobs",
+        "--threads", "--max-epochs", "--body-dim", "--body-layers", "--ffn-dim",
+        "--tokens-per-sample", "--batch-size", "--save-updates", "--rank-contexts"])
     if not args.dims:
-        refuse("--dims", "", "at least one output width")
-    for flag in ("jobs", "threads", "max_epochs", "body_dim", "body_layers", "ffn_dim",
-                 "tokens_per_sample", "batch_size", "save_updates", "rank_contexts"):
-        if getattr(args, flag) < 1:
-            refuse(f"--{flag.replace('_', '-')}", getattr(args, flag), "a whole number >= 1")
-    if not args.lr > 0:
-        refuse("--lr", args.lr, "a number > 0")
-    if not 0 <= args.dropout < 1:
-        refuse("--dropout", args.dropout, "a probability in [0, 1)")
+        parser.error("--dims: got ''; allowed: at least one output width")
+    check_positive(parser, args, ["--lr"])
+    check_probability(parser, "--dropout", args.dropout)
     if "prepare" in args.stages:
         args.corpus = {split: corpus_file(parser, args.data, split)
                        for split in ("train", "valid", "test")}

@@ -45,16 +45,14 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     OUTPUT_VARIANTS, Run, format_mean, measure_rank, rank_cell, scale_text, values_of,
     write_results)
+from fairseq_mixtape_tools.arguments import (  # noqa: E402
+    check_choices, check_counts, check_data_dir, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "control", "mos")
 STAGES = ("prepare", "train", "average", "tune", "generate", "rank", "table")
 SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}  # fairseq: Multi30k
 TEST = SPLITS["test"]
-
-
-def comma_list(kind):
-    return lambda text: [kind(item) for item in text.split(",") if item]
 
 
 def parse_args(argv=None):
@@ -114,37 +112,26 @@ def parse_args(argv=None):
 
 def check_args(parser, args):
     """Refuse bad values before any work, naming the flag, the value and what is allowed."""
-    def refuse(flag, value, allowed):
-        parser.error(f"{flag}: got {value!r}; allowed: {allowed}")
-
-    for flag, values, allowed in [("--layers", args.layers, OUTPUT_VARIANTS),
-                                  ("--stages", args.stages, STAGES)]:
-        for value in values:
-            if value not in allowed:
-                refuse(flag, value, ", ".join(allowed))
-    for flag in ("seeds", "control_seeds", "mos_seeds"):
-        for value in getattr(args, flag):
-            if value < 1:
-                refuse(f"--{flag.replace('_', '-')}", value, "whole numbers >= 1")
-    for flag in ("jobs", "threads", "vocab_size", "dim", "ffn_dim", "layers_per_stack",
-                 "max_epochs", "max_tokens", "warmup_updates", "average", "beam",
-                 "rank_contexts"):
-        if getattr(args, flag) < 1:
-            refuse(f"--{flag.replace('_', '-')}", getattr(args, flag), "a whole number >= 1")
+    check_choices(parser, "--layers", args.layers, list(OUTPUT_VARIANTS))
+    check_choices(parser, "--stages", args.stages, STAGES)
+    check_counts(parser, args, [
+        "--seeds", "--control-seeds", "--mos-seeds", "--jobs", "--threads", "--vocab-size",
+        "--dim", "--ffn-dim", "--layers-per-stack", "--max-epochs", "--max-tokens",
+        "--warmup-updates", "--average", "--beam", "--rank-contexts"])
     if args.max_update < 0:
-        refuse("--max-update", args.max_update, "0 (no limit) or a whole number >= 1")
-    if not args.lr > 0:
-        refuse("--lr", args.lr, "a number > 0")
-    if not 0 <= args.dropout < 1:
-        refuse("--dropout", args.dropout, "a probability in [0, 1)")
+        parser.error(f"--max-update: got {args.max_update}; allowed: 0 (no limit) or a whole "
+                     "number >= 1")
+    check_positive(parser, args, ["--lr"])
+    check_probability(parser, "--dropout", args.dropout)
     if not args.lenpens:
-        refuse("--lenpens", "", "at least one length penalty")
+        parser.error("--lenpens: got ''; allowed: at least one length penalty")
     needed = [f"{name}.{lang}" for name in args.test_sets for lang in ("en", "de")]
     if "prepare" in args.stages:
         needed += [f"{split}.{lang}" for split in SPLITS.values() for lang in ("en", "de")]
-    missing = [name for name in needed if not (args.data / name).is_file()]
-    if missing:
-        refuse("--data", str(args.data), f"a folder with {', '.join(missing)} (missing)")
+    if {"tune", "generate"} & set(args.stages):  # the references
+        needed += [f"{SPLITS['valid']}.de", f"{TEST}.de"]
+    if needed:
+        check_data_dir(parser, args.data, "--data", [sorted(set(needed))])
 
 
 def plan(args):

@@ -1,0 +1,95 @@
+"""The output-width sweep (examples/language_model/bottleneck_sweep.py): its run plan, its
+up-front errors, and every stage end to end at toy size on real text."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples/language_model/bottleneck_sweep.py"
+spec = importlib.util.spec_from_file_location("bottleneck_sweep", SCRIPT)
+sweep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sweep)
+
+
+def names(runs):
+    return [f"E{r.dim}/{r.layer}/{r.seed}" for r in runs]
+
+
+def test_plan_extra_seeds_at_the_smallest_width_and_mos_last(tmp_path):
+    args = sweep.parse_args(["--out", str(tmp_path), "--stages", "train", "--dims", "16,64",
+                             "--mos-dims", "64", "--papers-dims", "16", "--extra-seeds", "2"])
+    planned = names(sweep.plan(args))
+    assert planned == [
+        "E16/softmax/1", "E16/mixtape/1", "E16/control/1", "E16/mixtape_papers/1",
+        "E64/softmax/1", "E64/mixtape/1", "E64/control/1",
+        "E16/softmax/2", "E16/mixtape/2", "E16/control/2",
+        "E64/mos/1"]
+    runs = sweep.plan(args)
+    assert runs[0].dir == tmp_path / "runs" / "E16" / "softmax_seed1"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--layers", "softmax,mixture"], "--layers: got 'mixture'; allowed: softmax, mixtape"),
+    (["--jobs", "0"], "--jobs: got 0; allowed: whole numbers >= 1"),
+    (["--lr", "-1"], "--lr: got -1.0; allowed: a number > 0"),
+    (["--dims", "16,0"], "--dims: got 0; allowed: whole numbers >= 1"),
+    (["--dropout", "1.5"], "--dropout: got 1.5; allowed: a probability in [0, 1)"),
+    (["--stages", "train,plot"], "--stages: got 'plot'"),
+])
+def test_bad_options_refused_before_any_work(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--out", str(tmp_path), "--stages", "train", *argv])  # last wins
+    assert message in capsys.readouterr().err
+
+
+def test_corpus_without_a_split_refused(tmp_path, capsys):
+    (tmp_path / "train.txt").write_text("a b\n")
+    (tmp_path / "valid.txt").write_text("a b\n")
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "--data: no test file in" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_smoke(shared_data, tmp_path):
+    corpus = tmp_path / "corpus"  # a tiny corpus named X.txt (the script also reads ptb.X.txt)
+    corpus.mkdir()
+    for split in ("train", "valid", "test"):
+        lines = (shared_data / "ptb" / f"ptb.{split}.txt").read_text().splitlines(True)
+        (corpus / f"{split}.txt").write_text("".join(lines[:200]))
+    argv = [sys.executable, str(SCRIPT), "--data", str(corpus), "--out", str(tmp_path / "out"),
+            "--results-dir", str(tmp_path / "results"), "--dims", "8,16",
+            "--layers", "softmax,mixtape,control", "--extra-seeds", "2", "--max-epochs", "2",
+            "--body-dim", "16", "--body-layers", "1", "--ffn-dim", "32",
+            "--tokens-per-sample", "16", "--batch-size", "8", "--warmup-updates", "5",
+            "--rank-contexts", "30", "--jobs", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    runs = json.loads((tmp_path / "results/sweep.json").read_text())
+    assert set(runs) == {f"E{d}_{layer}_seed1" for d in (8, 16)
+                         for layer in ("softmax", "mixtape", "control")} | {
+        f"E8_{layer}_seed2" for layer in ("softmax", "mixtape", "control")}
+    for name, run in runs.items():
+        dim = int(name[1:name.index("_")])
+        assert len(run["valid_ppl_curve"]) == 2 and "last_epoch_gain_percent" in run
+        assert run["test_ppl"] > 1 and run["valid_ppl"] > 1
+        rank = run["rank"]
+        assert rank["softmax_bound"] == dim + 1
+        if "mixtape_" in name:  # K = 4 breaks the E + 1 cap; softmax and the K = 1 control not
+            assert rank["numerical_rank"] > dim + 1
+        else:
+            assert rank["numerical_rank"] <= dim + 1
+        assert ("mixture_entropy" in run) == ("softmax" not in name)
+    table = (tmp_path / "results/sweep.md").read_text()
+    assert "| 8 | softmax | 1,2 |" in table and "| 16 | control | 1 |" in table
+    assert "nan" not in table
+    for plot in ("sweep_ppl.png", "sweep_relative.png"):
+        assert (tmp_path / "results" / plot).stat().st_size > 10_000
+    rerun = subprocess.run([*argv, "--stages", "train,eval,rank,table"], capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0 and rerun.stdout.count("done already") == 9 * 4
