@@ -1,0 +1,187 @@
+"""Every command the documentation shows works as written.
+
+The fenced code blocks of the user-facing Markdown files (``DOCS``) are extracted and run,
+offline, at the tiny sizes the documents use, against ``../shared/data`` (skipped with a clear
+message where it is absent):
+
+- ```` ```bash ````, ```` ```sh ```` and ```` ```shell ```` blocks run in bash, ```` ```python ````
+  blocks with this environment's python (``python - <<EOF`` in the same shell). All blocks of one
+  file run in order in one ``bash -euo pipefail`` session started in the repository root, with
+  the environment's bin folder first on PATH: a later block sees what an earlier one built
+  (train, then generate), as a reader who pastes them into one terminal does.
+- ``/tmp`` in the blocks is replaced by a fresh temporary folder per file, so that runs do not
+  collide with each other or with a reader's files (``../shared/data`` by ``$MIXTAPE_SHARED_DATA``
+  when that is set).
+- A block that cannot run here (downloads, GPU clusters, hours-long runs, installing packages)
+  carries a marker on the line right before its opening fence::
+
+      <!-- docs-test: skip (downloads WMT'14 from the internet) -->
+
+  The reason is mandatory. Every other fenced block must name its language: ``bash``/``sh``/
+  ``shell``/``python`` blocks run, any other (``text`` for printed output) is shown only.
+
+The checks of the markers and languages are quick; running the blocks is ``slow`` (minutes).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEFAULT_SHARED_DATA = REPO.parent / "shared" / "data"
+
+RUN_LANGUAGES = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python"}
+MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*skip\s*\((?P<reason>[^)]*(?:\([^)]*\)[^)]*)*)\)\s*"
+                    r"-->\s*$")
+FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
+
+
+def documents() -> List[Path]:
+    """The Markdown files a user reads commands from."""
+    names = ["README.md", "CONTRIBUTING.md", "examples/README.md",
+             "examples/translation/README.md", "examples/language_model/README.md",
+             "benchmarks/README.md"]
+    paths = [REPO / name for name in names] + sorted((REPO / "docs").glob("*.md"))
+    return [path for path in paths if path.is_file()]
+
+
+@dataclass
+class Block:
+    path: Path
+    line: int                 # 1-based line of the opening fence
+    language: str             # the info string's first word, lower case ('' if none)
+    code: str
+    skip: Optional[str]       # the marker's reason, None when the block runs
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(REPO)}:{self.line}"
+
+    @property
+    def runs(self) -> bool:
+        return self.skip is None and self.language in RUN_LANGUAGES
+
+
+def parse(path: Path):
+    """(blocks, problems) of a Markdown file: its fenced code blocks and the marker errors."""
+    lines = path.read_text().splitlines()
+    blocks, problems = [], []
+    pending = None  # (line, reason) of a marker waiting for its fence
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        where = f"{path.relative_to(REPO)}:{i + 1}"
+        if line.lstrip().startswith("<!--") and "docs-test" in line:
+            match = MARKER.match(line)
+            if not match:
+                problems.append(f"{where}: malformed marker (write <!-- docs-test: skip (REASON) "
+                                f"-->): {line.strip()}")
+            elif not match["reason"].strip():
+                problems.append(f"{where}: a skip marker needs a reason: {line.strip()}")
+            pending = (i + 1, match["reason"].strip() if match else "")
+            i += 1
+            continue
+        fence = FENCE.match(line)
+        if fence:
+            indent, mark = fence["indent"], fence["fence"]
+            body, j = [], i + 1
+            while j < len(lines) and not (lines[j].strip().startswith(mark[0] * len(mark))
+                                          and lines[j].strip().strip(mark[0]) == ""):
+                text = lines[j]
+                body.append(text[len(indent):] if text.startswith(indent) else text.lstrip())
+                j += 1
+            skip = None
+            if pending is not None:
+                if pending[0] == i:  # the marker is the line right before the fence
+                    skip = pending[1]
+                else:
+                    problems.append(f"{path.relative_to(REPO)}:{pending[0]}: a skip marker must "
+                                    f"be the line right before a code block's opening fence")
+                pending = None
+            blocks.append(Block(path, i + 1, fence["info"].lower(), "\n".join(body) + "\n", skip))
+            i = j + 1
+            continue
+        if pending is not None and line.strip():
+            problems.append(f"{path.relative_to(REPO)}:{pending[0]}: a skip marker must be the "
+                            f"line right before a code block's opening fence")
+            pending = None
+        i += 1
+    if pending is not None:
+        problems.append(f"{path.relative_to(REPO)}:{pending[0]}: a skip marker with no code "
+                        f"block after it")
+    for block in blocks:
+        if not block.language:
+            problems.append(f"{block.where}: a code block without a language: write ```bash or "
+                            f"```python (run by tests/test_docs.py) or ```text (not run)")
+    return blocks, problems
+
+
+DOCS = documents()
+
+
+def test_documents_are_found():
+    names = {path.relative_to(REPO).as_posix() for path in DOCS}
+    assert {"README.md", "examples/translation/README.md",
+            "examples/language_model/README.md"} <= names
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_markers_and_languages(path):
+    """Every skip marker has a reason and sits right before a block; every block names its
+    language (so that no command is left out of the run by accident)."""
+    _, problems = parse(path)
+    assert not problems, "\n".join(problems)
+
+
+def script_of(blocks: List[Block], tmp: Path, shared: Optional[Path]) -> str:
+    """The bash session that runs a file's blocks in order; each announces itself on stderr."""
+    out = ["set -euo pipefail"]
+    for n, block in enumerate(blocks):
+        code = re.sub(r"(?<![\w./-])/tmp(?=[/\s\"':;)]|$)", str(tmp), block.code, flags=re.M)
+        if shared is not None and shared != DEFAULT_SHARED_DATA:
+            code = code.replace("../shared/data", str(shared))
+        out.append(f"echo {quote('=== docs-test: running ' + block.where)}\" (at ${{SECONDS}} s)\" >&2")
+        if RUN_LANGUAGES[block.language] == "python":
+            end = f"DOCS_TEST_PYTHON_{n}_EOF"
+            assert end not in code
+            out.append(f"{quote(sys.executable)} - <<'{end}'\n{code}{end}")
+        else:
+            out.append(code)
+    out.append("echo '=== docs-test: all blocks passed' >&2")
+    return "\n".join(out) + "\n"
+
+
+def quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_commands_run(path, tmp_path, request):
+    blocks, problems = parse(path)
+    assert not problems, "\n".join(problems)
+    runnable = [block for block in blocks if block.runs]
+    if not runnable:
+        pytest.skip(f"{path.relative_to(REPO)} has no runnable code blocks")
+    shared = None
+    if any("shared/data" in block.code for block in runnable):
+        shared = request.getfixturevalue("shared_data")  # skips where ../shared/data is absent
+    script = script_of(runnable, tmp_path, shared)
+    (tmp_path / "docs_test.sh").write_text(script)
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is as fast, and far faster
+    env.setdefault("MPLBACKEND", "Agg")     # on a busy machine
+    result = subprocess.run(["bash", "-euo", "pipefail", str(tmp_path / "docs_test.sh")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    started = re.findall(r"=== docs-test: running (\S+)", result.stderr)
+    assert result.returncode == 0, (
+        f"the block at {started[-1] if started else '?'} failed (exit {result.returncode})\n"
+        f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-8000:]}")
