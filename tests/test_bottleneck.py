@@ -87,6 +87,7 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", list(CHECKPOINT_LAYERS))
+@pytest.mark.slow
 def test_command_line_on_a_checkpoint_of_every_family(family, checkpoints, tmp_path, capsys):
     checkpoint, data = checkpoints[family]
     plot, report_json = tmp_path / "spectrum.png", tmp_path / "ranks.json"
@@ -108,6 +109,7 @@ def test_command_line_on_a_checkpoint_of_every_family(family, checkpoints, tmp_p
     assert f"{family}: 80 x" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_two_checkpoints_overlaid_in_one_plot(checkpoints, tmp_path):
     plot = tmp_path / "overlay.png"
     (lm, data), (other, _) = checkpoints["transformer_lm"], checkpoints["lstm_lm"]
@@ -125,6 +127,7 @@ def test_bad_arguments_name_the_flag(tmp_path):
         main([str(tmp_path / "missing.pt")])
 
 
+@pytest.mark.slow
 def test_console_script(checkpoints, tmp_path):
     """The installed fairseq-mixtape-bottleneck: exit status 0 and the report line."""
     checkpoint, data = checkpoints["transformer_lm"]

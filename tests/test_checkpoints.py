@@ -32,6 +32,7 @@ def test_legacy_checkpoint_gives_its_old_scores(name, scale):
     torch.testing.assert_close(scores, expected[name], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_new_checkpoint_stores_the_derived_values(tmp_path):
     from helpers import fairseq_train, make_lm_data
 

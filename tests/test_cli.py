@@ -20,6 +20,7 @@ from fairseq_cli import eval_lm, generate
 from helpers import (FAMILIES, LAYERS, TRAIN_FLAGS, USER_DIR, fairseq_train, make_lm_data,
                      make_mt_data)
 
+pytestmark = pytest.mark.slow  # fairseq-train and the other tools, end to end
 BIN = Path(sys.executable).parent
 
 

@@ -20,6 +20,7 @@ def test_tools_are_a_separate_package():
     assert not plugin & tools, "tool modules left in the plugin package"
 
 
+@pytest.mark.slow
 def test_importing_the_plugin_loads_no_tools():
     code = ("import sys, fairseq_mixtape; "
             "print('\\n'.join(m for m in sys.modules if m.split('.')[0] == 'fairseq_mixtape_tools'"

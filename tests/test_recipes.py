@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import LAYERS
+
+pytestmark = pytest.mark.slow  # the recipes' scripts and their fairseq commands
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 SCRIPTS = sorted(EXAMPLES.rglob("*.sh"))
@@ -93,9 +96,6 @@ def dry_run(script, *argv, cwd, to_omegaconf=False):
     if to_omegaconf:
         convert_namespace_to_omegaconf(args)
     return args
-
-
-LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax", "mos_sigsoftmax"]
 
 
 @pytest.mark.parametrize("pair, setup, layer", [("en-de", "big", layer) for layer in LAYERS]

@@ -66,6 +66,7 @@ def data(tmp_path_factory):
     ("--fp16", "--fp16: fairseq's FP16 optimizer needs a CUDA device"),
     ("--bf16", "--bf16: fairseq 0.12 trains in bfloat16 only on TPUs"),
 ])
+@pytest.mark.slow
 def test_precision_flags_fairseq_cannot_honour_here_fail_clearly(flag, message, data, tmp_path):
     with pytest.raises(ValueError, match=message):
         fairseq_train(data["language_modeling"], "transformer_lm", "mixtape", tmp_path, 1, flag)
@@ -73,6 +74,7 @@ def test_precision_flags_fairseq_cannot_honour_here_fail_clearly(flag, message, 
 
 @pytest.mark.parametrize("flag", ["--amp", "--memory-efficient-fp16"])
 @pytest.mark.parametrize("layer", ["mixtape", "mos"])
+@pytest.mark.slow
 def test_training_under_the_precision_flags_fairseq_supports_on_cpu(flag, layer, data, tmp_path):
     checkpoint = fairseq_train(data["language_modeling"], "transformer_lm", layer, tmp_path, 3,
                                flag)
@@ -83,6 +85,7 @@ def test_training_under_the_precision_flags_fairseq_supports_on_cpu(flag, layer,
 
 @pytest.mark.parametrize("family,layer", [("transformer", "mixtape"), ("transformer", "mos"),
                                           ("lstm_lm", "mixtape")])
+@pytest.mark.slow
 def test_resumed_run_makes_the_same_updates_as_an_uninterrupted_one(family, layer, data,
                                                                      tmp_path):
     """Stop after 2 updates (mid-epoch), resume from checkpoint_last.pt to 5: the weights equal
