@@ -8,6 +8,8 @@ from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 
 from helpers import LAYERS, build
 
+pytestmark = pytest.mark.slow  # fairseq's beam search end to end, every family x layer
+
 
 def full_forward_log_probs(model, tokens, src_tokens=None):
     """log p(tokens[t] | tokens[<t]) from one non-incremental forward pass, (L,)."""
