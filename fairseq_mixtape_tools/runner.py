@@ -47,14 +47,15 @@ def run_tool(tool: str, arguments: Sequence[str], log_path: pathlib.Path,
     return output
 
 
-def train_progress_printer(layer: str, total_updates: int) -> Callable[[str], None]:
+def train_progress_printer(layer: str, total_updates: int = 0) -> Callable[[str], None]:
     """A callback that prints one progress line per fairseq training log line (its
     ``--log-interval``), with the update count and the training perplexity fairseq reports."""
     def on_line(line: str):
         updates = re.search(r"num_updates=(\d+)", line)
         perplexity = re.search(r"\bppl=([\d.]+)", line)
         if updates and perplexity:
-            print(f"    {layer:<14} update {int(updates.group(1)):>5}/{total_updates}"
+            total = f"/{total_updates}" if total_updates else ""  # 0: set by epochs
+            print(f"    {layer:<14} update {int(updates.group(1)):>5}{total}"
                   f"  train ppl {float(perplexity.group(1)):8.2f}", flush=True)
     return on_line
 
