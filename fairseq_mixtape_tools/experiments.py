@@ -6,6 +6,7 @@ A run directory holds ``train.log`` (fairseq's output), ``checkpoint_last.pt`` a
 ``result.json``: everything measured about that run, read from the tools' own output.
 """
 
+import concurrent.futures
 import json
 import math
 import pathlib
@@ -14,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .runner import PACKAGE_DIR, parse_train_log, run_tool, train_progress_printer
 
-__all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "plan_runs", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
+__all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "plan_runs", "run_in_parallel", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results"]
 
 
@@ -95,6 +96,14 @@ def evaluate_lm(run: Run, data_bin: pathlib.Path, subset: str, tokens_per_sample
         for a, b in [line.split("Loss (base 2): ")[1].split(", Perplexity: ")]
         if "Loss (base 2): " in line)
     return {f"{subset}_loss_base2": loss, f"{subset}_ppl": perplexity}
+
+
+def run_in_parallel(runs: Sequence[Run], execute: Callable[[Run], None], jobs: int) -> List[str]:
+    """``execute(run)`` for every run, ``jobs`` at a time (threads: each run's work is fairseq
+    subprocesses); one failed run does not stop the others. Returns what failed, run by run."""
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(execute, run): run for run in runs}
+    return [f"{futures[f].dir}: {f.exception()}" for f in futures if f.exception() is not None]
 
 
 def mean_and_spread(values: Sequence[float]) -> Optional[tuple]:

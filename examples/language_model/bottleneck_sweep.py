@@ -29,7 +29,6 @@ sweep_ppl.png (test perplexity against E) and sweep_relative.png (relative to so
 """
 
 import argparse
-import concurrent.futures
 import json
 import logging
 import math
@@ -41,7 +40,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
-    OUTPUT_VARIANTS, Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell, values_of)
+    OUTPUT_VARIANTS, Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell,
+    run_in_parallel, values_of)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import run_tool  # noqa: E402
@@ -320,14 +320,11 @@ def main(argv=None):
     total_updates = updates_per_epoch(args) * args.max_epochs
     runs = plan(args)
     print(f"{len(runs)} runs, {total_updates} updates each, {args.jobs} at a time", flush=True)
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        failures = [f for f in concurrent.futures.as_completed(
-            [pool.submit(execute, args, run, total_updates) for run in runs])
-            if f.exception() is not None]
+    failures = run_in_parallel(runs, lambda run: execute(args, run, total_updates), args.jobs)
     if "table" in args.stages:
         write_table(args, runs, total_updates)
     for failure in failures:
-        print(f"failed: {failure.exception()}", flush=True)
+        print(f"failed: {failure}", flush=True)
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
     return 1 if failures else 0
 

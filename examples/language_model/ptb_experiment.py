@@ -31,7 +31,6 @@ from fairseq_mixtape_tools.arguments import (  # noqa: E402
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     evaluate_lm, format_mean, measure_rank, plan_runs, rank_cell, relative_to, scale_text,
     seeds_text, values_of, write_results)
-from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
 STAGES = ("prepare", "train", "eval", "rank", "table")

@@ -27,7 +27,6 @@ and Mixtape with 3 seeds, the control and MoS with 1) takes about 15 core-hours:
 """
 
 import argparse
-import concurrent.futures
 import json
 import math
 import pathlib
@@ -43,8 +42,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # run from
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
-    OUTPUT_VARIANTS, Run, format_mean, measure_rank, rank_cell, scale_text, values_of,
-    write_results)
+    OUTPUT_VARIANTS, Run, format_mean, measure_rank, rank_cell, run_in_parallel, scale_text,
+    values_of, write_results)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_data_dir, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
@@ -398,17 +397,14 @@ def main(argv=None):
         prepare(args)
     runs = plan(args)
     print(f"{len(runs)} runs, {args.jobs} at a time", flush=True)
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        failures = [f for f in concurrent.futures.as_completed(
-            [pool.submit(execute, args, run, runs) for run in runs])
-            if f.exception() is not None]
+    failures = run_in_parallel(runs, lambda run: execute(args, run, runs), args.jobs)
     if "generate" in args.stages and not failures:
         for run in runs:  # those trained before the length penalty was tuned
             execute(args, run, runs)
     if "table" in args.stages:
         write_table(args, runs)
     for failure in failures:
-        print(f"failed: {failure.exception()}", flush=True)
+        print(f"failed: {failure}", flush=True)
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
     return 1 if failures else 0
 
