@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .runner import PACKAGE_DIR, parse_train_log, run_tool, train_progress_printer
 
-__all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "plan_runs", "run_in_parallel", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
+__all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "plan_runs", "run_in_parallel", "seconds_per_epoch", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results"]
 
 
@@ -141,6 +141,12 @@ def format_mean(values: Sequence[float], digits: int = 2) -> str:
 
 def values_of(runs: Sequence[Run], key: str) -> List[float]:
     return [run.result[key] for run in runs if key in run.result]
+
+
+def seconds_per_epoch(runs: Sequence[Run]) -> List[float]:
+    """Each run's training time over its epochs (the validated ones), for runs that have both."""
+    return [run.result["train_seconds"] / len(run.result["valid_ppl_curve"]) for run in runs
+            if "train_seconds" in run.result and run.result.get("valid_ppl_curve")]
 
 
 def relative_to(values: Sequence[float], baseline: Sequence[float], percent=False) -> List[float]:

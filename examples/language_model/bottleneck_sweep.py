@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     OUTPUT_VARIANTS, Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell,
-    run_in_parallel, values_of)
+    run_in_parallel, seconds_per_epoch, values_of)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import run_tool  # noqa: E402
@@ -256,15 +256,13 @@ def write_table(args, runs, total_updates):
             if not group:
                 continue
             params = values_of(group, "parameters")
-            epoch_seconds = [r.result["train_seconds"] / max(1, len(r.result.get(
-                "valid_ppl_curve", [])) or args.max_epochs) for r in group
-                if "train_seconds" in r.result]
             lines.append(
                 f"| {dim} | {variant} | {','.join(str(r.seed) for r in group)} "
                 f"| {f'{int(params[0]):,}' if params else '-'} | {cell(group, 'valid_ppl')} "
                 f"| {cell(group, 'test_ppl')} | {relative(group, softmax)} "
                 f"| {relative(group, control)} | {plateau_cell(group)} | {rank_cell(group)} "
-                f"| {cell(group, 'mixture_entropy', 3)} | {format_mean(epoch_seconds, 0)} |")
+                f"| {cell(group, 'mixture_entropy', 3)} "
+                f"| {format_mean(seconds_per_epoch(group), 0)} |")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "sweep.md").write_text("\n".join(lines) + "\n")
     (args.results_dir / "sweep.json").write_text(json.dumps(

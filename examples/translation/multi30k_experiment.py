@@ -43,7 +43,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     OUTPUT_VARIANTS, Run, format_mean, measure_rank, rank_cell, run_in_parallel, scale_text,
-    values_of, write_results)
+    seconds_per_epoch, values_of, write_results)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_data_dir, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
@@ -377,14 +377,12 @@ def write_table(args, runs):
         params = values_of(group, "parameters")
         bleu = values_of(group, f"bleu_{TEST}")
         reference = statistics.fmean(softmax_bleu) if softmax_bleu else math.nan
-        epoch_seconds = [r.result["train_seconds"] / len(r.result["valid_ppl_curve"])
-                         for r in group if r.result.get("valid_ppl_curve")]
         lines.append(
             f"| {layer} | {','.join(str(r.seed) for r in group)} "
             f"| {f'{int(params[0]):,}' if params else '-'} | "
             + " | ".join(format_mean(values_of(group, f"bleu_{name}")) for name in test_sets)
             + f" | {format_mean([b - reference for b in bleu])} "
-            f"| {format_mean(epoch_seconds, 0)} | {rank_cell(group)} |")
+            f"| {format_mean(seconds_per_epoch(group), 0)} | {rank_cell(group)} |")
     write_results(runs, lines, args.results_dir, "multi30k", args.seeds[0],
                   f"Multi30k test log-prob matrix ({args.rank_contexts} target positions), "
                   f"seed {args.seeds[0]}; dotted: d + 1")
