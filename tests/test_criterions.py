@@ -104,6 +104,34 @@ def test_same_loss_and_gradients_as_fairseq(parsed, family, layer):
         assert_same(run(ours, model, sample), run(theirs, model, sample))
 
 
+@pytest.mark.parametrize("family", ["transformer", "transformer_lm"])
+def test_linear_cross_entropy_is_fairseq_cross_entropy(parsed, family):
+    """--linear-cross-entropy (softmax): fairseq's loss and gradients, summed and per position,
+    with a per-token bias too."""
+    for bias in (False, True):
+        task, model, sample = model_and_sample(parsed, family, "softmax", output_bias=bias)
+        ours = OutputLayerCrossEntropyCriterion(task, False, linear_cross_entropy=True)
+        theirs = CrossEntropyCriterion(task, False)
+        assert_same(run(ours, model, sample), run(theirs, model, sample))
+        unreduced, _, _ = ours(model, sample, reduce=False)
+        reference, _, _ = theirs(model, sample, reduce=False)
+        assert torch.allclose(unreduced, reference.view_as(unreduced), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options,flag", [
+    (dict(label_smoothing=0.1), "--linear-cross-entropy with --label-smoothing: got 0.1"),
+    (dict(report_accuracy=True), "--linear-cross-entropy with --report-accuracy: got True"),
+])
+def test_linear_cross_entropy_refuses_what_it_cannot_give(parsed, options, flag):
+    with pytest.raises(ValueError, match=flag):
+        OutputLayerLabelSmoothedCrossEntropyCriterion(parsed("transformer").task, False,
+                                                      linear_cross_entropy=True, **options)
+    task, model, sample = model_and_sample(parsed, "transformer", "sigsoftmax")
+    criterion = OutputLayerCrossEntropyCriterion(task, False, linear_cross_entropy=True)
+    with pytest.raises(ValueError, match="--output-layer: got 'sigsoftmax'; allowed: softmax"):
+        criterion(model, sample)
+
+
 def test_unreduced_losses_are_fairseq_per_position_losses(parsed):
     task, model, sample = model_and_sample(parsed, "transformer", "mos")
     ours = OutputLayerCrossEntropyCriterion(task, sentence_avg=False, output_chunk_tokens=1)

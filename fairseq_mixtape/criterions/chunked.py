@@ -5,15 +5,19 @@ Each chunk runs under activation checkpointing, so the large intermediates of th
 again, recomputed, in the backward pass. Chunks are whole sequences (batch rows) because MoS's
 context dropout samples one mask per sequence, shared over time steps; checkpointing restores
 the RNG state before recomputing, so the recomputed masks are the ones of the forward pass.
+
+Where the layer is compiled (``--compile-output-layer``), a chunk's layer, log-softmax and loss
+run as one compiled function (``compiled_token_losses``), so the compiler can fuse across them.
 """
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..compiled import Compiled
 from ..output_layers import OutputLayer
 
 
@@ -41,12 +45,30 @@ def token_losses(layer: OutputLayer, features: torch.Tensor, target: torch.Tenso
     (for mixtures, whose scores are log-probabilities, the identity up to rounding). Every layer's
     scores are finite, so log p is finite and the smoothing sum never meets -inf.
     """
-    lprobs = F.log_softmax(layer(features).float(), dim=-1)          # (b, T, V)
+    lprobs = F.log_softmax(layer.forward(features).float(), dim=-1)  # (b, T, V), eager layer
     pad = target.eq(padding_idx)
     nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(pad, 0.0)
     smooth_loss = -lprobs.sum(-1).masked_fill(pad, 0.0) if smooth else None
     predicted = lprobs.detach().argmax(-1) if predict else None
     return TokenLosses(nll, smooth_loss, predicted)
+
+
+def linear_cross_entropy_losses(layer: OutputLayer, features: torch.Tensor, target: torch.Tensor,
+                                padding_idx: int, reduce: bool) -> TokenLosses:
+    """-log p(target) of a softmax layer, log_softmax(g . w_x + b_x), by torch's chunked
+    ``F.linear_cross_entropy``: it never keeps the (positions, V) logits, and recomputes them in
+    backward. ``nll`` is (B, T), 0 at padding, or its sum with ``reduce``."""
+    nll = F.linear_cross_entropy(
+        features.flatten(0, -2), layer.weight, target.flatten(),     # (B, T, C) -> (B * T, C)
+        linear_bias=layer.bias, reduction="sum" if reduce else "none", ignore_index=padding_idx,
+        options=torch.nn.LinearCrossEntropyOptions())
+    return TokenLosses(nll if reduce else nll.view_as(target), None, None)
+
+
+@lru_cache(maxsize=None)
+def compiled_token_losses() -> Compiled:
+    """``token_losses`` through torch.compile: one per process, made on first use."""
+    return Compiled(token_losses, "the output layer with its log-softmax and loss")
 
 
 def chunked_token_losses(layer: OutputLayer, features: torch.Tensor, target: torch.Tensor,
@@ -57,7 +79,8 @@ def chunked_token_losses(layer: OutputLayer, features: torch.Tensor, target: tor
     With gradients enabled and more than one chunk, each chunk is checkpointed (non-reentrant):
     only its (b, T) results are kept for backward, where the chunk is recomputed alone.
     """
-    compute = partial(token_losses, layer, padding_idx=padding_idx, smooth=smooth, predict=predict)
+    losses = token_losses if layer.compiled_forward is None else compiled_token_losses()
+    compute = partial(losses, layer, padding_idx=padding_idx, smooth=smooth, predict=predict)
     rows = rows_per_chunk(*target.shape, chunk_tokens)
     if rows >= target.size(0):
         return compute(features, target)  # one chunk: checkpointing would only add a recomputation

@@ -13,6 +13,7 @@ memory of the N x K x V mixture activations, and log the mixture weights' statis
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
@@ -21,8 +22,9 @@ from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
 from ..models.wiring import output_layer_of
+from ..output_layers import Softmax
 from ..output_layers.base import check_option
-from .chunked import TokenLosses, chunked_token_losses
+from .chunked import TokenLosses, chunked_token_losses, linear_cross_entropy_losses
 from .statistics import log_mixture_statistics, mixture_statistics
 
 
@@ -35,6 +37,12 @@ class OutputLayerCrossEntropyConfig(FairseqDataclass):
                           "sequence), each recomputed in backward, so that only one chunk's "
                           "output-layer activations (MoS: positions x K x V) exist at a time; "
                           "0: the whole batch at once"})
+    linear_cross_entropy: bool = field(
+        default=False,
+        metadata={"help": "softmax layer, without label smoothing or --report-accuracy: the "
+                          "loss by torch's F.linear_cross_entropy (torch >= 2.13), which never "
+                          "keeps a positions x V logits tensor (less memory, the same loss; on "
+                          "CPU several times slower at large V: benchmarks/README.md)"})
     ignore_prefix_size: int = field(
         default=0, metadata={"help": "ignore the first N target positions of every sequence"})
     report_accuracy: bool = field(
@@ -50,6 +58,17 @@ class OutputLayerLabelSmoothedCrossEntropyConfig(OutputLayerCrossEntropyConfig):
                           "label_smoothed_cross_entropy: weight eps/(V-1) on each other token)"})
 
 
+def check_linear_cross_entropy(label_smoothing: float, report_accuracy: bool):
+    """--linear-cross-entropy gives the plain loss only: torch's smoothing is eps/V per token,
+    not fairseq's eps/(V-1), and it gives no argmax."""
+    check_option(hasattr(F, "linear_cross_entropy"), "--linear-cross-entropy", torch.__version__,
+                 "torch >= 2.13, which has F.linear_cross_entropy")
+    check_option(label_smoothing == 0, "--linear-cross-entropy with --label-smoothing",
+                 label_smoothing, "0 (fairseq's smoothing is computed on the logits)")
+    check_option(not report_accuracy, "--linear-cross-entropy with --report-accuracy", True,
+                 "off (the argmax needs the logits)")
+
+
 @register_criterion("output_layer_cross_entropy", dataclass=OutputLayerCrossEntropyConfig)
 class OutputLayerCrossEntropyCriterion(FairseqCriterion):
     """-sum_t log p(y_t | context) over non-padding targets, the output layer run in chunks.
@@ -61,8 +80,11 @@ class OutputLayerCrossEntropyCriterion(FairseqCriterion):
     name = "output_layer_cross_entropy"
 
     def __init__(self, task, sentence_avg, output_chunk_tokens=4096, ignore_prefix_size=0,
-                 report_accuracy=False, label_smoothing=0.0):
+                 report_accuracy=False, label_smoothing=0.0, linear_cross_entropy=False):
         super().__init__(task)
+        if linear_cross_entropy:
+            check_linear_cross_entropy(label_smoothing, report_accuracy)
+        self.linear_cross_entropy = linear_cross_entropy
         check_option(output_chunk_tokens >= 0, "--output-chunk-tokens", output_chunk_tokens,
                      "0 (no chunks) or a number of target positions per chunk")
         check_option(ignore_prefix_size >= 0, "--ignore-prefix-size", ignore_prefix_size,
@@ -94,9 +116,13 @@ class OutputLayerCrossEntropyCriterion(FairseqCriterion):
         if self.ignore_prefix_size > 0:
             features = features[:, self.ignore_prefix_size:]
             target = target[:, self.ignore_prefix_size:]
-        losses = chunked_token_losses(layer, features, target, self.padding_idx,
-                                      self.output_chunk_tokens, smooth=self.eps > 0,
-                                      predict=self.report_accuracy)
+        if self.linear_cross_entropy:
+            losses = linear_cross_entropy_losses(self.softmax_layer(layer), features, target,
+                                                 self.padding_idx, reduce)
+        else:
+            losses = chunked_token_losses(layer, features, target, self.padding_idx,
+                                          self.output_chunk_tokens, smooth=self.eps > 0,
+                                          predict=self.report_accuracy)
         loss, nll_loss = self.combine(losses, layer.num_tokens, reduce)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
@@ -113,6 +139,12 @@ class OutputLayerCrossEntropyCriterion(FairseqCriterion):
             logging_output["total"] = utils.item(mask.sum())
         logging_output.update(mixture_statistics(layer, features, mask))
         return loss, sample_size, logging_output
+
+    @staticmethod
+    def softmax_layer(layer):
+        check_option(type(layer) is Softmax, "--linear-cross-entropy with --output-layer",
+                     layer.name, "softmax only (a single softmax over g . w_x + b_x)")
+        return layer
 
     def combine(self, losses: TokenLosses, vocab_size: int, reduce: bool):
         """(loss, nll_loss): summed, or per position (B*T,) without ``reduce``, as fairseq's

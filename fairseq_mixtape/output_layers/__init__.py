@@ -68,6 +68,14 @@ class OutputLayerConfig(FairseqDataclass):
         metadata={"help": "mixtape: standard deviation sigma of Gaussian noise N(0, sigma^2) "
                           "added to the gate logits before the sigmoids (the K-1 shared ones of "
                           "each position, and the S frequent tokens' own); training only"})
+    compile_output_layer: bool = field(
+        default=False,
+        metadata={"help": "run the output layer through torch.compile (dynamic shapes; "
+                          "where compiling fails, a warning, then the eager layer), and in the "
+                          "plugin criterions the layer, log-softmax and loss of each chunk; the "
+                          "same results and checkpoints as without it. Saved with the model's "
+                          "flags: generation and eval-lm compile too, unless --model-overrides "
+                          "\"{'compile_output_layer': False}\""})
 
 
 def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
@@ -85,7 +93,8 @@ def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
                  scale, f"1 or unset for {name}, which has no context vectors")
     common = dict(input_dim=input_dim, num_tokens=num_tokens, embed_weight=embed_weight,
                   embed_dim=embed_dim, bias=getattr(cfg, "output_bias", False))
-    return layer.from_config(cfg, first_target=first_target, **common)
+    built = layer.from_config(cfg, first_target=first_target, **common)
+    return built.compile_forward() if getattr(cfg, "compile_output_layer", False) else built
 
 
 __all__ = ["OUTPUT_LAYERS", "OutputLayer", "OutputLayerConfig", "build_output_layer",

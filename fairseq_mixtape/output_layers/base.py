@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..compiled import Compiled
+
 OUTPUT_LAYERS: Dict[str, Type["OutputLayer"]] = {}
 
 
@@ -85,6 +87,20 @@ class OutputLayer(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    compiled_forward: Optional[Compiled] = None
+
+    def compile_forward(self) -> "OutputLayer":
+        """``--compile-output-layer``: from now on, calling the layer runs ``forward`` through
+        ``torch.compile`` (``compiled.Compiled``: dynamic shapes, eager fallback); ``forward``
+        itself stays eager. Parameters, buffers and state-dict keys are unchanged."""
+        self.compiled_forward = Compiled(self.forward, f"the {self.name} output layer")
+        return self
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled_forward is not None:
+            return self.compiled_forward(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
     def legacy_buffers(self) -> Dict[str, float]:
         """Buffers this layer derives at build time, with the value each had implicitly in
