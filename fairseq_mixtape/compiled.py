@@ -35,6 +35,7 @@ class Compiled:
         self.fn = fn
         self.what = what
         self.compiled = torch.compile(fn, dynamic=True)
+        quiet_file_locks()
         self.failure: Optional[str] = None  # why it runs eagerly; None while compiled
 
     def __call__(self, *args, **kwargs):
@@ -61,6 +62,15 @@ class Compiled:
     def __setstate__(self, state):
         self.__init__(state["fn"], state["what"])
         self.failure = state["failure"]
+
+
+def quiet_file_locks():
+    """Importing fairseq leaves the root logger at DEBUG, where the compiler's cache locks
+    (``filelock``) would log every acquire and release: they log warnings only, unless a level
+    was set for them."""
+    locks = logging.getLogger("filelock")
+    if locks.level == logging.NOTSET:
+        locks.setLevel(logging.WARNING)
 
 
 def compile_errors():
