@@ -221,9 +221,15 @@ def cell(runs, key, digits=1):
 def relative(runs, baseline, key="test_ppl"):
     """Each run's value over the baseline runs' mean, as a change in percent."""
     reference = mean_and_spread(values_of(baseline, key))
-    if reference is None:
-        return "-"
-    return format_mean([(v / reference[0] - 1) * 100 for v in values_of(runs, key)], 1) + "%"
+    changes = [(v / reference[0] - 1) * 100 for v in values_of(runs, key)] if reference else []
+    return format_mean(changes, 1) + "%" if changes else "-"
+
+
+def seeds_cell(runs):
+    """The seeds with a test perplexity, and those still to finish in brackets."""
+    done = [str(r.seed) for r in runs if "test_ppl" in r.result]
+    todo = [str(r.seed) for r in runs if "test_ppl" not in r.result]
+    return (",".join(done) + (f" ({','.join(todo)} to come)" if todo else "")).strip() or "-"
 
 
 def plateau_cell(runs):
@@ -257,7 +263,7 @@ def write_table(args, runs, total_updates):
                 continue
             params = values_of(group, "parameters")
             lines.append(
-                f"| {dim} | {variant} | {','.join(str(r.seed) for r in group)} "
+                f"| {dim} | {variant} | {seeds_cell(group)} "
                 f"| {f'{int(params[0]):,}' if params else '-'} | {cell(group, 'valid_ppl')} "
                 f"| {cell(group, 'test_ppl')} | {relative(group, softmax)} "
                 f"| {relative(group, control)} | {plateau_cell(group)} | {rank_cell(group)} "
