@@ -2,13 +2,16 @@
 
     python scripts/benchmark.py            # the default CPU run (4 minutes on 2 loaded cores)
     python scripts/benchmark.py --quick    # a smoke run with tiny sizes (well under a minute)
+    python scripts/benchmark.py --grid     # the layer alone over (E, V), eager and compiled: grid.py
     python scripts/benchmark.py --device cuda --dtype bfloat16 --dims 512 1024 --positions 2048
     python scripts/benchmark.py --sections lm --mos-components 4 \
         --model-args '--decoder-input-dim 16 --decoder-output-dim 16' \
         --model-args '--decoder-input-dim 128 --decoder-output-dim 128'   # two model shapes
+    python scripts/benchmark.py --sections mt --compile both   # eager and compiled models
+    python scripts/benchmark.py --sections memory --mos-components 4   # memory at V=128K, 256K
 
-Four sections, each for softmax, MoS (K=15, or --mos-components), Mixtape (K=4, S=0.1V,
-d1=min(64, E)) and sigsoftmax:
+Four sections by default, and ``memory`` on request, each for softmax, MoS (K=15, or
+--mos-components), Mixtape (K=4, S=0.1V, d1=min(64, E)) and sigsoftmax:
 
 ``output_layer``
     the layer alone on random features (N positions, dimension d) at every vocabulary V:
@@ -27,6 +30,21 @@ d1=min(64, E)) and sigsoftmax:
     beam search (fairseq's ``SequenceGenerator``, beam 4) with the ``mt`` models on random
     sources, with min_len = max_len so that every layer decodes the same number of steps;
     sentences per second.
+``memory`` (not in the default)
+    the peak training memory (live tensors of forward, loss and backward) at the large
+    vocabularies ``--memory-vocabs`` (128K, 256K), on a 1-layer ``transformer_lm`` of width
+    ``--memory-dim`` (1024; 8 x 512 target tokens): every layer through
+    ``output_layer_cross_entropy`` at each ``--memory-chunk-tokens`` (4096, 512), and the
+    softmax model through fairseq's ``cross_entropy`` (``softmax+cross_entropy``). By default
+    under ``FakeTensorMode`` (``FakeModelMode``): the step's tensors with their sizes and
+    lifetimes but no arithmetic and no memory, so any size runs in seconds (equal, byte for
+    byte, to the computed step's peak: tests/test_benchmark.py); ``--memory-compute real``
+    computes it.
+
+``--compile both`` (or ``compiled``) adds to ``mt`` and ``lm`` each layer's model built with
+``--compile-output-layer`` (``<layer>+compiled``), in the same interleaved rounds, after
+``COMPILE_WARMUP`` untimed steps that compile its graphs; a check after the rounds reports any
+graph compiled during them, or a compiled function that fell back to eager.
 
 Every configuration is measured interleaved: after two measurement steps (below) and
 ``--warmup`` untimed steps per layer, each of ``--repeats`` rounds times one step of every layer
@@ -63,7 +81,7 @@ import shlex
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -76,6 +94,10 @@ from .memory import LiveTensorPeak
 LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax"]
 SECTIONS = ["output_layer", "mt", "lm", "beam"]
 CHUNKED = "mos_chunked"  # MoS through the chunked criterion (a variant of the mos model)
+COMPILED = "+compiled"   # suffix of a whole-model entry built with --compile-output-layer
+STOCK = "+cross_entropy"  # suffix of a memory entry trained with fairseq's stock criterion
+LINEAR = "+linear_cross_entropy"  # ... with the plugin criterion's --linear-cross-entropy
+COMPILE_WARMUP = 2       # untimed steps of a compiled entry before measure(): compile, then run
 COLORS = {"softmax": "tab:blue", "mos": "tab:red", "mixtape": "tab:green",
           "sigsoftmax": "tab:orange", CHUNKED: "tab:purple"}
 
@@ -107,7 +129,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "waits for a descheduled thread: whole training steps ran 3-5x slower "
                         "with 2 threads than with 1 on the loaded 2-core machine of the README")
     p.add_argument("--layers", nargs="+", default=LAYERS, choices=LAYERS)
-    p.add_argument("--sections", nargs="+", default=SECTIONS, choices=SECTIONS)
+    p.add_argument("--sections", nargs="+", default=SECTIONS, choices=SECTIONS + ["memory"],
+                   help="'memory' (not in the default): peak training memory at large "
+                        "vocabularies, see --memory-vocabs")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per configuration")
     p.add_argument("--mos-repeats", type=int, default=3,
                    help="timed rounds of MoS (and mos_chunked), the first ones of the --repeats "
@@ -116,8 +140,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="untimed steps per layer before the timed rounds (after the two "
                         "measurement steps, which also warm up)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--mos-components", type=int, default=15,
-                   help="MoS's K, in every section (Mixtape keeps its default K=4)")
+    p.add_argument("--mos-components", type=int, default=None,
+                   help="MoS's K, in every section (Mixtape keeps its default K=4); default 15, "
+                        "4 with --grid")
     g = p.add_argument_group("output layer alone")
     g.add_argument("--vocabs", type=int, nargs="+", default=[10000, 20000, 32000, 50000])
     g.add_argument("--dims", type=int, nargs="+", default=[512],
@@ -135,6 +160,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "(default: one sequence per chunk)")
     g.add_argument("--no-mos-chunked", action="store_true",
                    help="leave out the MoS-through-the-chunked-criterion variant")
+    g.add_argument("--compile", choices=["eager", "compiled", "both"], default="eager",
+                   help="mt and lm training steps: the models as they are (eager), with "
+                        "--compile-output-layer (entries named <layer>+compiled, after "
+                        f"{COMPILE_WARMUP} untimed compiling steps), or both, interleaved")
+    g.add_argument("--linear-cross-entropy", action="store_true",
+                   help="output_layer train steps: also softmax's loss by the plugin "
+                        "criterion's --linear-cross-entropy (torch's F.linear_cross_entropy), "
+                        "entry softmax+linear_cross_entropy")
     g.add_argument("--beam-sentences", type=int, default=4, help="beam search: sentences per batch")
     g.add_argument("--beam-size", type=int, default=4)
     g.add_argument("--beam-length", type=int, default=10,
@@ -142,20 +175,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--model-args", action="append", default=None,
                    help="extra fairseq flags for both models, e.g. '--decoder-layers 3'; "
                         "repeat it to measure each configuration in turn (default: none)")
+    g = p.add_argument_group("memory at large vocabularies (--sections memory)")
+    g.add_argument("--memory-vocabs", type=int, nargs="+", default=[128000, 256000])
+    g.add_argument("--memory-batch", type=int, default=8, help="sequences per batch")
+    g.add_argument("--memory-length", type=int, default=512, help="target tokens per sequence")
+    g.add_argument("--memory-dim", type=int, default=1024,
+                   help="E: the embedding and output width of the 1-layer transformer_lm")
+    g.add_argument("--memory-chunk-tokens", type=int, nargs="+", default=[4096, 512],
+                   help="--output-chunk-tokens of output_layer_cross_entropy, each measured; "
+                        "the first is the one of the ratios (4096: the criterion's default)")
+    g.add_argument("--memory-compute", choices=["fake", "real"], default="fake",
+                   help="fake: the model and step under FakeTensorMode (shapes and allocations, "
+                        "no arithmetic and no memory: any size fits); real: computed")
     g = p.add_argument_group("output")
     g.add_argument("--out-dir", default="benchmarks")
-    g.add_argument("--name", default=None, help="file name stem (default: benchmark_<device>)")
+    g.add_argument("--name", default=None,
+                   help="file name stem (default: benchmark_<device>; grid_<device> with --grid)")
     g.add_argument("--no-plot", action="store_true")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny vocabularies, dimensions and models, 2 rounds")
+    from . import grid
+
+    grid.add_arguments(p)
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+    grid.resolve_args(p, args)
     if args.threads is None and args.device == "cpu":
         args.threads = 1
     args.model_args = args.model_args or [""]
-    args.name = args.name or (f"benchmark_{args.device}" + ("_quick" if args.quick else ""))
+    args.name = args.name or (("grid" if args.grid else "benchmark") + f"_{args.device}"
+                              + ("_quick" if args.quick else ""))
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
@@ -176,12 +227,15 @@ class Result:
     gflops: float = math.nan
     params_m: float = math.nan
     model_args: str = ""    # the --model-args of the mt / lm / beam models
+    chunk_tokens: int = 0   # memory: --output-chunk-tokens of the plugin criterion (0: n/a)
 
     @property
     def median(self) -> float:
-        return statistics.median(self.times)
+        return statistics.median(self.times) if self.times else math.nan  # memory: untimed
 
     def quartiles(self):
+        if not self.times:
+            return math.nan, math.nan
         if len(self.times) < 2:
             return self.times[0], self.times[0]
         q = statistics.quantiles(self.times, n=4, method="inclusive")
@@ -297,7 +351,8 @@ def autocast(args, device):
 # ----------------------------------------------------------------------------- sections
 def output_layer_section(args, device) -> List[Result]:
     """The output layer alone, at every d and V: train and infer steps."""
-    from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
+    from fairseq_mixtape.criterions.chunked import linear_cross_entropy_losses
+    from fairseq_mixtape.output_layers import build_output_layer
 
     results = []
     for dim in args.dims:
@@ -320,12 +375,23 @@ def output_layer_section(args, device) -> List[Result]:
                 with torch.inference_mode(), autocast(args, device):
                     F.log_softmax(layer(features).float(), dim=-1)
 
+            def train_linear(layer):
+                linear_cross_entropy_losses(layer, features[None], target[None], -100,
+                                            reduce=True).nll.backward()
+                layer.zero_grad(set_to_none=True)
+                features.grad = None
+
             for mode, run in [("train", train), ("infer", infer)]:
                 entries = {name: Result("output_layer", mode, name, vocab, dim, args.positions,
                                         "positions", params_m=params_m(layer))
                            for name, layer in layers.items()}
                 steps = {name: (lambda layer=layer, run=run: run(layer))
                          for name, layer in layers.items()}
+                if mode == "train" and args.linear_cross_entropy and "softmax" in layers:
+                    entries["softmax" + LINEAR] = Result(
+                        "output_layer", mode, "softmax" + LINEAR, vocab, dim, args.positions,
+                        "positions", params_m=params_m(layers["softmax"]))
+                    steps["softmax" + LINEAR] = lambda: train_linear(layers["softmax"])
                 measure(entries, steps, args, device, f"output layer {mode} d={dim} V={vocab}")
                 results.extend(entries.values())
             del layers
@@ -360,9 +426,11 @@ def model_builder(kind: str, args, device, dictionary, model_args: str = ""):
 
     task, build_model = building.model_builder(argv, dictionary)
 
-    def build(layer: str):
+    def build(layer: str, **overrides):
         torch.manual_seed(args.seed)
-        return task, build_model(output_layer=layer, **components(layer, args)).to(device)
+        model = build_model(output_layer=layer, **components(layer, args), **overrides)
+        # built on the CPU; fake tensors (the memory section) cannot be moved, even there
+        return task, (model if device.type == "cpu" else model.to(device))
 
     return build
 
@@ -389,7 +457,8 @@ def lm_sample(dictionary, batch: int, length: int, device, generator):
     lengths = torch.full((batch,), length, dtype=torch.long, device=device)
     return {"id": torch.arange(batch), "nsentences": batch, "ntokens": batch * length,
             "net_input": {"src_tokens": tokens[:, :-1], "src_lengths": lengths},
-            "target": tokens[:, 1:]}
+            "target": tokens[:, 1:].contiguous()}  # contiguous, as fairseq's batches (and
+    # fairseq's cross_entropy, which views it flat) have it
 
 
 def params_m(module) -> float:
@@ -435,7 +504,13 @@ class Trainer:
 
 def training_section(kind: str, args, device, dictionary, model_args: str = ""):
     """Whole training steps of every layer's model ('mt' or 'lm'): (results by name, the
-    models by layer, the task), the models for beam search."""
+    eager models by layer, the task), the models for beam search.
+
+    With ``--compile compiled|both``, a model per layer built with --compile-output-layer
+    (``<layer>+compiled``) is measured in the same rounds, after ``COMPILE_WARMUP`` untimed steps
+    that compile its graphs (forward and backward); the timed rounds must not compile again
+    (checked). Its ``tensor_mb`` and ``gflops`` are left out (NaN): a dispatch mode sees only
+    the part of a compiled graph's work that goes through PyTorch operators."""
     if kind == "mt":
         length, batch = args.mt_length, args.mt_batch
     else:
@@ -445,28 +520,95 @@ def training_section(kind: str, args, device, dictionary, model_args: str = ""):
     sample = make(dictionary, batch, length, device, generator)
     trainers, models, task = {}, {}, None
     build = model_builder(kind, args, device, dictionary, model_args)
-    for layer in args.layers:
-        task, models[layer] = build(layer)
-        trainers[layer] = Trainer(task, models[layer], 4096, args, device)
-    if "mos" in trainers and not args.no_mos_chunked:
-        chunk = args.mos_chunk_tokens or length
-        trainers[CHUNKED] = trainers["mos"].with_chunks(task, chunk)
+    variants = compile_variants(args)
+    if COMPILED in variants:
+        torch._dynamo.reset()  # a new model shape: no graphs (and guards) of the previous one
+    for variant in variants:
+        overrides = {"compile_output_layer": True} if variant == COMPILED else {}
+        for layer in args.layers:
+            task, models[layer + variant] = build(layer, **overrides)
+            trainers[layer + variant] = Trainer(task, models[layer + variant], 4096, args, device)
+        if "mos" in args.layers and not args.no_mos_chunked:
+            chunk = args.mos_chunk_tokens or length
+            trainers[CHUNKED + variant] = trainers["mos" + variant].with_chunks(task, chunk)
     entries = {name: Result(kind, "train", name, args.model_vocab, embed_dim(models, name),
                             sample["ntokens"], "words", params_m=params_m(trainer.model),
                             model_args=model_args)
                for name, trainer in trainers.items()}
     steps = {name: (lambda trainer=trainer: trainer.step(sample))
              for name, trainer in trainers.items()}
-    measure(entries, steps, args, device,
-            f"{kind} training step" + (f" ({model_args})" if model_args else ""))
+    label = f"{kind} training step" + (f" ({model_args})" if model_args else "")
+    compiled = [name for name in steps if name.endswith(COMPILED)]
+    # inductor's compile workers: no more than --threads processes (1: compiles in-process)
+    workers = nullcontext()
+    if compiled and args.threads:
+        import torch._inductor.config as inductor_config
+
+        workers = inductor_config.patch(compile_threads=args.threads)
+    with workers:
+        for name in compiled:
+            started = time.perf_counter()
+            for _ in range(COMPILE_WARMUP):
+                steps[name]()
+            log(f"  {label}: {name}: {COMPILE_WARMUP} compiling steps "
+                f"({time.perf_counter() - started:.0f} s)")
+        graphs = compiled_graphs()
+        measure(entries, steps, args, device, label)
+    if compiled:
+        check_compiled(models, compiled, graphs, args, label)
+        for name in compiled:
+            entries[name].tensor_mb = entries[name].gflops = math.nan
     for trainer in trainers.values():
         trainer.optimizer = None  # free Adam's state before the next section
     del trainers
-    return entries, models, task
+    eager = {name: model for name, model in models.items() if not name.endswith(COMPILED)}
+    if not eager and kind == "mt" and "beam" in args.sections:  # beam search runs eagerly
+        del models
+        for layer in args.layers:
+            task, eager[layer] = build(layer)
+    return entries, eager, task
+
+
+def compile_variants(args) -> List[str]:
+    """The name suffixes of ``--compile``: '' (eager) and/or COMPILED."""
+    return {"eager": [""], "compiled": [COMPILED], "both": ["", COMPILED]}[args.compile]
+
+
+def compiled_graphs() -> Dict[str, int]:
+    """torch.compile's counts of graphs made so far in this process (since the last reset)."""
+    from torch._dynamo.utils import counters
+
+    return {f"{group}.{key}": value for group in ("stats", "aot_autograd", "inductor")
+            for key, value in counters[group].items()}
+
+
+def check_compiled(models, names, graphs_before, args, label):
+    """After the timed rounds: every compiled entry ran compiled (no eager fallback) and no
+    graph was compiled during the measurement; a note for the Markdown, a warning if not."""
+    from fairseq_mixtape.criterions.chunked import compiled_token_losses
+    from fairseq_mixtape.models.wiring import output_layer_of
+
+    failures = {name: output_layer_of(models[name.replace(CHUNKED, "mos")]).compiled_forward
+                .failure for name in names}
+    failures["criterion"] = compiled_token_losses().failure
+    failures = {name: failure for name, failure in failures.items() if failure}
+    after = compiled_graphs()
+    changed = {key: (graphs_before.get(key, 0), value) for key, value in after.items()
+               if graphs_before.get(key, 0) != value}
+    unique = graphs_before.get("stats.unique_graphs", 0)
+    note = (f"{label}: {unique} graph(s) compiled in the untimed steps; "
+            + ("none during the measurement" if not changed else
+               "**compiled during the measurement**: " + ", ".join(
+                   f"{key} {a} -> {b}" for key, (a, b) in changed.items()))
+            + ("" if not failures else "; **ran eagerly** (compile failed): " + "; ".join(
+                f"{name}: {failure}" for name, failure in failures.items())))
+    if changed or failures:
+        log("  WARNING: " + note)
+    vars(args).setdefault("notes", []).append(note)
 
 
 def embed_dim(models, name) -> int:
-    model = models["mos" if name == CHUNKED else name]
+    model = models[name.replace(CHUNKED, "mos")]  # mos_chunked(+compiled): the mos model
     return model.decoder.embed_tokens.weight.shape[1]
 
 
@@ -500,6 +642,131 @@ def beam_section(models, task, args, device, dictionary, model_args: str = ""
     measure(entries, steps, args, device,
             "beam search" + (f" ({model_args})" if model_args else ""))
     return entries
+
+
+def memory_model_args(args) -> str:
+    """The memory section's body: a 1-layer transformer_lm of width E = --memory-dim (input,
+    output and embedding; FFN 4E; E/64 heads), its output embedding tied to the input one."""
+    E = args.memory_dim
+    return (f"--decoder-layers 1 --decoder-embed-dim {E} --decoder-input-dim {E} "
+            f"--decoder-output-dim {E} --decoder-ffn-embed-dim {4 * E} "
+            f"--decoder-attention-heads {max(1, E // 64)} "
+            f"--tokens-per-sample {max(512, args.memory_length)}")
+
+
+class FakeModelMode:
+    """FakeTensorMode for a whole fairseq model: build the model inside ``with mode:`` (fake
+    parameters: shapes, no memory), then run steps inside ``with mode, mode.step():``.
+
+    In a step, an operator whose tensor inputs are all real (the token batch and what is computed
+    from it alone: padding masks, positions) runs for real, and so does a factory whose result
+    has at most ``SMALL`` elements (``torch.onnx.operators.shape_as_tensor`` writes into one), so
+    that the model's data-dependent Python (``mask.any()``) works as in a real step; every other
+    result is fake. The tensors are the ones a real step creates, with the same sizes and
+    lifetimes, so a ``LiveTensorPeak`` entered inside the step sees the real step's peak."""
+
+    SMALL = 64
+
+    def __new__(cls):
+        from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+        from torch.utils._pytree import tree_leaves
+
+        class Mode(FakeTensorMode):
+            stepping = False
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if not self.stepping:
+                    return super().__torch_dispatch__(func, types, args, kwargs)
+                tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+                if tensors and not any(isinstance(t, FakeTensor) for t in tensors):
+                    return func(*args, **kwargs)  # this mode is off inside its handler: real
+                out = super().__torch_dispatch__(func, types, args, kwargs)
+                if not tensors and all(t.numel() <= cls.SMALL for t in tree_leaves(out)
+                                       if isinstance(t, torch.Tensor)):
+                    return func(*args, **kwargs)  # a small factory: real
+                return out
+
+            @contextmanager
+            def step(self):
+                self.stepping = True
+                try:
+                    yield
+                finally:
+                    self.stepping = False
+
+        return Mode(allow_non_fake_inputs=True)
+
+
+class RealMode:
+    """``FakeModelMode``'s interface for computed steps (--memory-compute real)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def step(self):
+        return nullcontext()
+
+
+def memory_step(model, criterion, sample, backward: bool = True):
+    """One training step's tensors: forward, loss and (unless told not to) backward."""
+    model.train()
+    loss, sample_size, logging_output = criterion(model, sample)
+    if backward:
+        loss.backward()
+
+
+def memory_section(args, device, backward: bool = True) -> List[Result]:
+    """Peak live-tensor memory of a training step (forward, loss, backward; no optimiser step)
+    at each --memory-vocabs V: every layer through output_layer_cross_entropy at each
+    --memory-chunk-tokens, and softmax through fairseq's cross_entropy (layer
+    ``softmax+cross_entropy``, chunk_tokens 0) and with the plugin criterion's
+    --linear-cross-entropy (``softmax+linear_cross_entropy``), on the 1-layer model of ``memory_model_args``.
+    Fake (default) or computed (``--memory-compute real``); the context scale of MoS and
+    Mixtape is fixed at 1 (matching it, the default, needs computed values; no shape changes)."""
+    from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+    from fairseq_mixtape.criterions import OutputLayerCrossEntropyCriterion
+
+    from .building import dictionary_of
+
+    model_args, results = memory_model_args(args), []
+    tokens = args.memory_batch * args.memory_length
+    if args.memory_compute == "fake":
+        device = torch.device("cpu")  # fake tensors: the sizes are the same on any device
+    for vocab in args.memory_vocabs:
+        dictionary = dictionary_of(vocab)
+        build = model_builder("lm", args, device, dictionary, model_args)
+        sample = lm_sample(dictionary, args.memory_batch, args.memory_length, device,
+                           torch.Generator().manual_seed(args.seed))
+        for layer in args.layers:
+            runs = [(layer, chunk) for chunk in args.memory_chunk_tokens]
+            runs += [(layer + STOCK, 0), (layer + LINEAR, 0)] if layer == "softmax" else []
+            mode = FakeModelMode() if args.memory_compute == "fake" else RealMode()
+            with mode:  # fake parameters belong to their mode: one mode per model
+                task, model = build(layer, output_context_scale=1.0)
+                for name, chunk in runs:
+                    started = time.perf_counter()
+                    criterion = (CrossEntropyCriterion(task, sentence_avg=False)
+                                 if name.endswith(STOCK) else OutputLayerCrossEntropyCriterion(
+                                     task, sentence_avg=False, output_chunk_tokens=chunk,
+                                     linear_cross_entropy=name.endswith(LINEAR)))
+                    gc.collect()
+                    with mode.step(), LiveTensorPeak() as tracker:
+                        memory_step(model, criterion, sample, backward)
+                    model.zero_grad(set_to_none=True)
+                    results.append(Result(
+                        "memory", "train", name, vocab, args.memory_dim, tokens, "words",
+                        tensor_mb=tracker.peak / 2 ** 20, gflops=tracker.flops / 1e9,
+                        params_m=params_m(model), model_args=model_args, chunk_tokens=chunk))
+                    log(f"  memory V={vocab} {name} chunks {chunk or '-'}: "
+                        f"{results[-1].tensor_mb:.0f} MiB, {results[-1].gflops:.0f} GFLOP "
+                        f"({time.perf_counter() - started:.0f} s)")
+            del model
+            gc.collect()
+    return results
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -543,7 +810,14 @@ def find(results, section, layer, mode=None, vocab=None, dim=None) -> Optional[R
 
 
 def layer_label(name: str, args) -> str:
-    return f"MoS-{args.mos_components}" if name == "mos" else name
+    base, variant = split_variant(name)
+    return (f"MoS-{args.mos_components}" if base == "mos" else base) + variant
+
+
+def split_variant(name: str):
+    """'mixtape+compiled' -> ('mixtape', '+compiled'); 'mixtape' -> ('mixtape', '')."""
+    base, plus, variant = name.partition("+")
+    return base, plus + variant
 
 
 def shape_ratios(results: List[Result], args) -> List[str]:
@@ -552,20 +826,25 @@ def shape_ratios(results: List[Result], args) -> List[str]:
     rows = ["## Ratios to softmax at every shape", "",
             "Time: median [min-max] of the per-round ratios (the layers ran interleaved, so a "
             "ratio is meaningful on a loaded machine where absolute times are not); memory: "
-            f"peak ({mem}) and live-tensor peak; FLOPs: counted matrix-product FLOPs.", "",
+            f"peak ({mem}) and live-tensor peak; FLOPs: counted matrix-product FLOPs. "
+            "A `+compiled` entry is compared with `softmax+compiled`.", "",
             "| section | mode | V | d | model args | layer / softmax | time | peak mem | "
             "tensors | FLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    results = [r for r in results if r.times]  # not the (untimed) memory section
     shapes = []
     for r in results:
         key = (r.section, r.mode, r.vocab, r.dim, r.model_args)
-        if r.layer == "softmax" and key not in shapes:
+        if split_variant(r.layer)[0] == "softmax" and key not in shapes:
             shapes.append(key)
     for section, mode, vocab, dim, model_args in shapes:
         base = [r for r in results if (r.section, r.mode, r.vocab, r.dim, r.model_args)
                 == (section, mode, vocab, dim, model_args)]
-        softmax = next(r for r in base if r.layer == "softmax")
+        softmaxes = {r.layer: r for r in base if split_variant(r.layer)[0] == "softmax"}
         for r in base:
-            if r is softmax:
+            # +compiled against softmax+compiled; softmax+linear_cross_entropy against softmax
+            variant = "" if r.layer.endswith(LINEAR) else split_variant(r.layer)[1]
+            softmax = softmaxes.get("softmax" + variant)
+            if softmax is None or r is softmax:
                 continue
             mems = [getattr(r, kind) / getattr(softmax, kind)
                     if getattr(softmax, kind) > 0 and not math.isnan(getattr(r, kind)) else None
@@ -679,15 +958,23 @@ def markdown(results: List[Result], args, device, seconds: float) -> str:
              f"- layers: {', '.join(args.layers)}; MoS K={args.mos_components}, Mixtape K=4, "
              "S=0.1V, d1=min(64, E)",
              f"- device: {describe_device(device)}; dtype {args.dtype}; torch {torch.__version__}; "
-             f"{torch.get_num_threads()} thread(s)",
-             f"- {args.repeats} timed rounds per configuration (MoS: the first "
-             f"{min(args.mos_repeats, args.repeats)}; layers interleaved, order rotated), "
-             f"after a tracked step, a memory step and {args.warmup} warm-up step(s); "
-             f"times: median [min-max]",
-             f"- peak memory: {mem_kind} during one step, MiB (`peak`); live-tensor peak of the "
-             "same kind of step (`tensors`)",
-             f"- total wall time {seconds / 60:.1f} min; 1-minute load average "
-             f"{args.load[0]} at the start, {args.load[-1]} at the end", ""]
+             f"{torch.get_num_threads()} thread(s)"]
+    if any(r.times for r in results):
+        lines += [f"- {args.repeats} timed rounds per configuration (MoS: the first "
+                  f"{min(args.mos_repeats, args.repeats)}; layers interleaved, order rotated), "
+                  f"after a tracked step, a memory step and {args.warmup} warm-up step(s); "
+                  f"times: median [min-max]",
+                  f"- peak memory: {mem_kind} during one step, MiB (`peak`); live-tensor peak of "
+                  "the same kind of step (`tensors`)"]
+    if args.compile != "eager" and any(r.section in ("mt", "lm") for r in results):
+        lines += [f"- `--compile {args.compile}`: `<layer>+compiled` is the same model built with "
+                  "`--compile-output-layer` (the criterion runs each chunk's output layer, "
+                  "log-softmax and loss through torch.compile), measured in the same rounds "
+                  f"after {COMPILE_WARMUP} untimed compiling steps; its `tensors` and `GFLOP` "
+                  "are n/a (a dispatch mode does not track a compiled step faithfully)"]
+        lines += [f"- compiled graphs, {note}" for note in getattr(args, "notes", [])]
+    lines += [f"- total wall time {seconds / 60:.1f} min; 1-minute load average "
+              f"{args.load[0]} at the start, {args.load[-1]} at the end", ""]
     ol = [r for r in results if r.section == "output_layer"]
     if ol:
         lines += [f"## Output layer alone ({args.positions} positions per step)", "",
@@ -696,11 +983,14 @@ def markdown(results: List[Result], args, device, seconds: float) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for d in args.dims:
             for V in args.vocabs:
-                for name in args.layers:
+                for name in args.layers + ["softmax" + LINEAR] * args.linear_cross_entropy:
                     tr = find(ol, "output_layer", name, "train", V, d)
                     inf = find(ol, "output_layer", name, "infer", V, d)
-                    lines.append(f"| {d} | {V} | {name} | {fmt_time(tr)} | {fmt_time(inf)} | "
-                                 f"{fmt(tr.peak_mb)} | {fmt(inf.peak_mb)} | {fmt(tr.tensor_mb)} | "
+                    if tr is None:
+                        continue
+                    lines.append(f"| {d} | {V} | {name} | {fmt_time(tr)} | "
+                                 f"{fmt_time(inf) if inf else '-'} | {fmt(tr.peak_mb)} | "
+                                 f"{fmt(inf.peak_mb) if inf else '-'} | {fmt(tr.tensor_mb)} | "
                                  f"{fmt(tr.gflops, 2)} |")
         lines.append("")
     for section, title in [("mt", "transformer_wmt_en_de training step"),
@@ -735,9 +1025,101 @@ def markdown(results: List[Result], args, device, seconds: float) -> str:
             lines.append(f"| {r.layer} | {fmt_time(r)} | {r.throughput:.2f} | {fmt(r.peak_mb)} | "
                          f"{fmt(r.tensor_mb)} | {fmt(r.gflops, 1)} |")
         lines.append("")
+    lines += compiled_table(results, args)
+    lines += memory_table(results, args)
     lines += shape_ratios(results, args)
-    lines += ratios_table(results, args)
+    if any(r.times for r in results):
+        lines += ratios_table(results, args)
     return "\n".join(lines) + "\n"
+
+
+def compiled_table(results: List[Result], args) -> List[str]:
+    """Per model shape, each layer eager and compiled (--compile both): words/s, the step-time
+    ratio to softmax of the same mode, and compiled / eager, all per-round ratios."""
+    rows = []
+    for section, title in [("mt", "transformer_wmt_en_de"), ("lm", "transformer_lm")]:
+        for model_args in args.model_args:
+            rs = {r.layer: r for r in results
+                  if r.section == section and r.model_args == model_args}
+            pairs = [(name, r, rs.get(name + COMPILED)) for name, r in rs.items()
+                     if not name.endswith(COMPILED) and name + COMPILED in rs]
+            if not pairs:
+                continue
+            eager_sm, compiled_sm = rs.get("softmax"), rs.get("softmax" + COMPILED)
+            rows += [f"### {title}" + (f", `{model_args}`" if model_args else ""), "",
+                     "| layer | words/s eager | words/s compiled | time / softmax, eager | "
+                     "time / softmax, compiled | compiled / eager time | RSS peak compiled / "
+                     "eager |", "|---|---|---|---|---|---|---|"]
+            for name, eager, compiled in pairs:
+                to_softmax = [fmt_ratio(paired_ratio(r, sm)) if sm is not None and r is not sm
+                              else "1" for r, sm in [(eager, eager_sm), (compiled, compiled_sm)]]
+                rss = (compiled.peak_mb / eager.peak_mb
+                       if eager.peak_mb > 0 and not math.isnan(compiled.peak_mb) else None)
+                rows.append(f"| {layer_label(name, args)} | {eager.throughput:.0f} | "
+                            f"{compiled.throughput:.0f} | {to_softmax[0]} | {to_softmax[1]} | "
+                            f"{fmt_ratio(paired_ratio(compiled, eager))} | "
+                            f"{'n/a' if rss is None else f'{rss:.2f}'} |")
+            rows.append("")
+    if not rows:
+        return []
+    return ["## Eager and compiled (`--compile-output-layer`) whole training steps", "",
+            "Time ratios: median [min-max] of the per-round ratios (every entry ran in the same "
+            "interleaved rounds); `time / softmax, compiled` is against `softmax+compiled`.",
+            ""] + rows
+
+
+def memory_table(results: List[Result], args) -> List[str]:
+    """The memory section: live-tensor peaks per V, layer and chunk size, and their ratios."""
+    rs = [r for r in results if r.section == "memory"]
+    if not rs:
+        return []
+    chunks = args.memory_chunk_tokens
+    peak = {(r.vocab, r.layer, r.chunk_tokens): r for r in rs}
+    E = args.memory_dim
+    lines = [f"## Peak training memory at large vocabularies ({args.memory_batch} x "
+             f"{args.memory_length} target tokens, E = {E})", "",
+             f"The live-tensor peak (MiB) of one training step: forward, loss and backward, no "
+             f"optimiser step (the parameters exist before it and are not counted; their "
+             f"gradients are). Model: a 1-layer `transformer_lm` (`{memory_model_args(args)}`, "
+             "`--share-decoder-input-output-embed`), each output layer through the plugin's "
+             "`output_layer_cross_entropy` with `--output-chunk-tokens` "
+             + " and ".join(map(str, chunks)) + ", and the softmax model through fairseq's "
+             "`cross_entropy` (`softmax+cross_entropy`) and with the plugin criterion's "
+             "`--linear-cross-entropy` (`softmax+linear_cross_entropy`, torch's chunked "
+             "`F.linear_cross_entropy`). "
+             + ("Computed under FakeTensorMode: the tensors' shapes and lifetimes without their "
+                "arithmetic (no memory used; the context scale of MoS and Mixtape fixed at 1, "
+                "which changes no shape)." if args.memory_compute == "fake" else
+                "Computed for real."), "",
+             "| V | layer | " + " | ".join(f"MiB, chunks {c}" for c in chunks)
+             + f" | GFLOP (matrix products), chunks {chunks[0]} | params M |",
+             "|---|---|" + "---|" * len(chunks) + "---|---|"]
+    for vocab in args.memory_vocabs:
+        for r in [r for r in rs if r.vocab == vocab and r.chunk_tokens in (chunks[0], 0)]:
+            cells = ([fmt(peak[vocab, r.layer, c].tensor_mb, 0) if (vocab, r.layer, c) in peak
+                      else "n/a" for c in chunks] if r.chunk_tokens else
+                     [fmt(r.tensor_mb, 0)] + ["(no chunks)"] * (len(chunks) - 1))
+            lines.append(f"| {vocab // 1000}K | {layer_label(r.layer, args)} | "
+                         + " | ".join(cells) + f" | {fmt(r.gflops, 0)} | {r.params_m:.0f} |")
+    others = [name for name in args.layers if name != "softmax"]
+    lines += ["", "| V | chunks | " + "".join(f"{layer_label(name, args)} / softmax | "
+                                              for name in others)
+              + "softmax (plugin) / softmax+cross_entropy | softmax+linear_cross_entropy / "
+              "softmax+cross_entropy |",
+              "|---|---|" + "---|" * (len(others) + 2)]
+    for vocab in args.memory_vocabs:
+        for c in chunks:
+            softmax = peak.get((vocab, "softmax", c))
+            stock = peak.get((vocab, "softmax" + STOCK, 0))
+
+            def ratio(a, b):
+                return "n/a" if a is None or b is None else f"{a.tensor_mb / b.tensor_mb:.2f}"
+
+            linear = peak.get((vocab, "softmax" + LINEAR, 0))
+            lines.append(f"| {vocab // 1000}K | {c} | " + "".join(
+                f"{ratio(peak.get((vocab, name, c)), softmax)} | " for name in others)
+                + f"{ratio(softmax, stock)} | {ratio(linear, stock)} |")
+    return lines + [""]
 
 
 def load_average() -> str:
@@ -757,21 +1139,23 @@ def write_csv(results: List[Result], path: Path, args):
     columns = ["section", "mode", "layer", "vocab", "dim", "tokens", "unit", "device", "dtype",
                "threads", "repeats", "time_ms_median", "time_ms_min", "time_ms_max", "time_ms_q1",
                "time_ms_q3", "throughput_per_s", "peak_mb", "tensor_mb", "gflops", "params_m",
-               "times_ms", "components", "model_args"]
+               "times_ms", "components", "model_args", "chunk_tokens"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for r in results:
             q1, q3 = r.quartiles()
+            low, high = (min(r.times), max(r.times)) if r.times else (math.nan, math.nan)
             writer.writerow([r.section, r.mode, r.layer, r.vocab, r.dim, r.tokens, r.unit,
                              args.device, args.dtype, torch.get_num_threads(), len(r.times),
-                             f"{r.median * 1e3:.3f}", f"{min(r.times) * 1e3:.3f}",
-                             f"{max(r.times) * 1e3:.3f}", f"{q1 * 1e3:.3f}", f"{q3 * 1e3:.3f}",
+                             f"{r.median * 1e3:.3f}", f"{low * 1e3:.3f}",
+                             f"{high * 1e3:.3f}", f"{q1 * 1e3:.3f}", f"{q3 * 1e3:.3f}",
                              f"{r.throughput:.3f}", f"{r.peak_mb:.2f}", f"{r.tensor_mb:.2f}",
                              f"{r.gflops:.4f}", f"{r.params_m:.3f}",
                              " ".join(f"{t * 1e3:.3f}" for t in r.times),
-                             args.mos_components if r.layer in ("mos", CHUNKED) else
-                             {"mixtape": 4}.get(r.layer, 1), r.model_args])
+                             args.mos_components if split_variant(r.layer)[0] in ("mos", CHUNKED)
+                             else {"mixtape": 4}.get(split_variant(r.layer)[0], 1), r.model_args,
+                             r.chunk_tokens or ""])
 
 
 def plot(results: List[Result], path: Path, args, device):
@@ -850,6 +1234,10 @@ def run(args) -> List[Result]:
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.grid:
+        from .grid import run_grid
+
+        return run_grid(args, device)
     started, args.load = time.perf_counter(), [load_average()]
     log(f"benchmark on {describe_device(device)}, {torch.get_num_threads()} threads, {args.dtype}")
     results: List[Result] = []
@@ -879,6 +1267,8 @@ def run(args) -> List[Result]:
         results += entries.values()
         del models
         gc.collect()
+    if "memory" in args.sections:
+        results += memory_section(args, device)
     seconds = time.perf_counter() - started
     args.load.append(load_average())
     write_csv(results, out_dir / f"{args.name}.csv", args)

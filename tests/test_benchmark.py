@@ -85,3 +85,173 @@ def test_mos_components_and_model_configurations(tmp_path):
     ratio_rows = [line for line in table.splitlines() if "| MoS-4 |" in line]
     assert len(ratio_rows) == 2 * 2 + 2  # output layer train/infer at --quick's 2 V; 2 lm
     assert "MoS-15" not in table
+
+
+def test_compiled_entries_measured_beside_eager(tmp_path):
+    """--compile both: every layer's whole training step eagerly and with
+    --compile-output-layer in the same rounds; the compiled graphs exist before the timed
+    rounds (none compiled during them), and the Markdown compares both modes."""
+    import torch
+
+    try:
+        main(["--quick", "--threads", "1", "--sections", "lm", "--layers", "softmax", "mixtape",
+              "--no-mos-chunked", "--compile", "both", "--no-plot", "--out-dir", str(tmp_path),
+              "--name", "compiled"])
+    finally:
+        torch._dynamo.reset()
+    with open(tmp_path / "compiled.csv") as f:
+        rows = {row["layer"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"softmax", "mixtape", "softmax+compiled", "mixtape+compiled"}
+    for name, row in rows.items():
+        assert float(row["throughput_per_s"]) > 0 and len(row["times_ms"].split()) == 2
+        # a dispatch mode cannot see a compiled graph's tensors: left out, not misreported
+        assert math.isnan(float(row["tensor_mb"])) == name.endswith("+compiled")
+    assert rows["mixtape+compiled"]["components"] == "4"
+    table = (tmp_path / "compiled.md").read_text()
+    assert "none during the measurement" in table and "ran eagerly" not in table
+    section = table.split("## Eager and compiled")[1].split("\n## ")[0]
+    compared = [line for line in section.splitlines() if line.startswith("| mixtape | ")]
+    assert len(compared) == 1 and compared[0].count(" [") == 3  # 3 per-round ratios
+    assert "| lm | train | 1000 | 32 |  | mixtape+compiled |" in table  # vs softmax+compiled
+
+
+MEMORY_SMALL = ["--sections", "memory", "--threads", "1", "--mos-components", "4",
+                "--memory-vocabs", "2000", "--memory-batch", "2", "--memory-length", "32",
+                "--memory-dim", "64", "--memory-chunk-tokens", "4096", "32", "--no-plot"]
+
+
+def test_memory_under_fake_tensors_equals_computed(tmp_path):
+    """The memory section's live-tensor peaks under FakeTensorMode (no arithmetic) are those
+    of the computed step, byte for byte, for every layer, both criterions, whole and chunked
+    (checkpointed) output layers; and the comparison tells steps apart: without the backward
+    pass every peak is lower."""
+    import torch
+
+    from fairseq_mixtape_tools.benchmark import memory_section, parse_args
+
+    peaks = {}
+    for compute in ("real", "fake"):
+        args = parse_args(MEMORY_SMALL + ["--memory-compute", compute])
+        peaks[compute] = {(r.layer, r.chunk_tokens): (r.tensor_mb, r.gflops)
+                          for r in memory_section(args, torch.device("cpu"))}
+    expected = {(layer, chunk) for layer in LAYERS for chunk in (4096, 32)}
+    assert set(peaks["fake"]) == expected | {("softmax+cross_entropy", 0),
+                                             ("softmax+linear_cross_entropy", 0)}
+    assert peaks["fake"] == peaks["real"]
+    # F.linear_cross_entropy's matrix products run inside one op, unseen by the FLOP count
+    assert all(mb > 0 and (gflops > 0 or layer.endswith("+linear_cross_entropy"))
+               for (layer, _), (mb, gflops) in peaks["fake"].items())
+    # 2 x 32 positions in chunks of 32: one sequence at a time, so less than unchunked
+    assert peaks["fake"]["mos", 32][0] < peaks["fake"]["mos", 4096][0]
+
+    args = parse_args(MEMORY_SMALL + ["--layers", "softmax", "mixtape",
+                                      "--memory-chunk-tokens", "32"])  # fake
+    forward_only = {(r.layer, r.chunk_tokens): r.tensor_mb
+                    for r in memory_section(args, torch.device("cpu"), backward=False)}
+    assert len(forward_only) == 4
+    assert all(forward_only[key] < peaks["real"][key][0] for key in forward_only)
+
+
+def test_memory_section_writes_tables(tmp_path):
+    main(MEMORY_SMALL + ["--layers", "softmax", "mixtape", "--memory-chunk-tokens", "4096",
+                         "--out-dir", str(tmp_path), "--name", "memory"])
+    with open(tmp_path / "memory.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(row["layer"], row["chunk_tokens"]) for row in rows} == {
+        ("softmax", "4096"), ("mixtape", "4096"), ("softmax+cross_entropy", ""),
+        ("softmax+linear_cross_entropy", "")}
+    table = (tmp_path / "memory.md").read_text()
+    assert "## Peak training memory at large vocabularies (2 x 32 target tokens, E = 64)" in table
+    assert "| 2K | 4096 | " in table and "FakeTensorMode" in table
+    assert "## Ratios" not in table  # nothing timed
+
+
+def grid_args(tmp_path, dims, vocabs, modes=("eager",)):
+    return ["--grid", "--threads", "1", "--grid-dims", *map(str, dims), "--grid-vocabs",
+            *map(str, vocabs), "--grid-positions", "8", "--grid-modes", *modes, "--repeats", "2",
+            "--mos-repeats", "2", "--out-dir", str(tmp_path), "--name", "grid"]
+
+
+def read_grid(tmp_path):
+    with open(tmp_path / "grid.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_writes_tables_and_plot_and_resumes(tmp_path, capsys):
+    """--grid: every (E, V) cell, its rows appended to the CSV; tables and heat map from it.
+    A rerun measures only the (cell, mode) pairs the CSV lacks: here one cell compiled (each
+    compiled graph costs seconds), then nothing."""
+    from fairseq_mixtape_tools.grid import GRID_LAYERS
+
+    main(grid_args(tmp_path, [8, 16], [50, 100]))
+    rows = read_grid(tmp_path)
+    assert len(rows) == 4 * len(GRID_LAYERS)
+    assert {(int(r["dim"]), int(r["vocab"]), r["mode"]) for r in rows} == {
+        (d, v, "eager") for d in (8, 16) for v in (50, 100)}
+    for row in rows:
+        assert row["status"] == "measured" and row["components"] == "4"
+        assert len(row["times_ms"].split()) == 2 and float(row["time_ms_median"]) > 0
+        assert float(row["gflops"]) > 0 and float(row["tensor_mb"]) > 0
+        if row["layer"] == "softmax":
+            assert float(row["time_ratio_median"]) == float(row["flop_ratio"]) == 1
+        else:  # Mixtape and MoS-4 do more matrix products than softmax
+            assert float(row["flop_ratio"]) > 1 and float(row["time_ratio_median"]) > 0
+    table = (tmp_path / "grid.md").read_text()
+    for layer in ("mixtape", "MoS-4"):
+        for mode in ("eager", "compiled"):
+            assert f"### {layer} / softmax, {mode}" in table
+    assert table.count("(F ") == 2 * 4  # Mixtape and MoS-4 at 4 cells, eager
+    png = (tmp_path / "grid.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+    capsys.readouterr()
+    main(grid_args(tmp_path, [8], [50], modes=("eager", "compiled")))
+    assert "E=8 V=50: eager already in" in capsys.readouterr().out
+    rows = read_grid(tmp_path)
+    compiled = [r for r in rows if r["mode"] == "compiled"]
+    assert len(rows) == 5 * len(GRID_LAYERS) and len(compiled) == len(GRID_LAYERS)
+    for row in compiled:
+        assert (row["dim"], row["vocab"], row["status"]) == ("8", "50", "measured")
+        assert float(row["compile_s"]) > 0 and row["tensor_mb"] == "" and not row["note"]
+    assert (tmp_path / "grid.md").read_text().count("(F ") == 2 * 5
+
+    main(grid_args(tmp_path, [8], [50], modes=("eager", "compiled")))
+    assert "E=8 V=50: eager, compiled already in" in capsys.readouterr().out
+    assert read_grid(tmp_path) == rows
+
+
+def test_grid_skips_a_cell_that_would_not_fit(tmp_path, monkeypatch, capsys):
+    """A cell whose estimated peak memory (with the margin) exceeds the memory available is
+    not run: a row per mode says skipped, with the estimate; the tables say so too."""
+    from fairseq_mixtape_tools import grid
+    from fairseq_mixtape_tools.benchmark import parse_args
+
+    args = parse_args(grid_args(tmp_path, [8], [50, 20000]))
+    estimates = {vocab: grid.cell_memory_mb({name: grid.layer_cost(name, 8, vocab, 8, args)
+                                             for name in grid.GRID_LAYERS})
+                 for vocab in (50, 20000)}
+    assert 0 < estimates[50] < estimates[20000]
+    needed = {v: e * grid.MEMORY_FACTOR + grid.MEMORY_RESERVE_MB for v, e in estimates.items()}
+    monkeypatch.setattr(grid, "available_mb", lambda device: (needed[50] + needed[20000]) / 2)
+    main(grid_args(tmp_path, [8], [50, 20000]))
+    rows = read_grid(tmp_path)
+    assert [(r["vocab"], r["status"]) for r in rows] == [("50", "measured")] * 3 + [
+        ("20000", "skipped")]
+    assert float(rows[-1]["estimate_mb"]) == pytest.approx(estimates[20000], rel=1e-3)
+    assert "E=8 V=20000: skipped, estimated" in capsys.readouterr().out
+    assert "skipped (est." in (tmp_path / "grid.md").read_text()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grid-vocabs", "5"], "--grid-vocabs: got 5; allowed: whole numbers >= 10"),
+    (["--grid-dims", "0", "16"], "--grid-dims: got 0; allowed: whole numbers >= 1"),
+    (["--grid-dims", "16", "16"], "--grid-dims: got 16 16; allowed: each value once"),
+    (["--grid-positions", "0"], "--grid-positions: got 0; allowed: a whole number >= 1"),
+    (["--repeats", "0"], "--repeats: got 0; allowed: >= 1 with --grid"),
+])
+def test_grid_flags_are_checked_before_any_work(flags, message, capsys):
+    from fairseq_mixtape_tools.benchmark import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--grid", *flags])
+    assert message in capsys.readouterr().err
