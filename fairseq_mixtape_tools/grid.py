@@ -57,7 +57,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .benchmark import (Result, _malloc_trim, autocast, describe_device, fmt, layer_config,
+from .benchmark import (Result, _malloc_trim, autocast, compiled_graphs, describe_device, fmt,
+                        layer_config,
                         layer_label, load_average, log, measure, paired_ratio,
                         params_m, synchronize)
 from .memory import LiveTensorPeak
@@ -317,9 +318,7 @@ def compile_steps(steps, device) -> Dict[str, float]:
 
 
 def unique_graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
+    return compiled_graphs().get("stats.unique_graphs", 0)
 
 
 def compiled_note(compiled, graphs_before: int) -> str:
