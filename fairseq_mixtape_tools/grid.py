@@ -58,8 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from .benchmark import (Result, _malloc_trim, autocast, compiled_graphs, describe_device, fmt,
-                        layer_config,
-                        layer_label, load_average, log, measure, paired_ratio,
+                        layer_config, layer_label, load_average, log, measure, paired_ratio,
                         params_m, synchronize)
 from .memory import LiveTensorPeak
 
