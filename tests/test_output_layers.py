@@ -322,6 +322,21 @@ def test_gradcheck_float64(name):
     assert torch.autograd.gradcheck(log_p, (g, *weights))
 
 
+@pytest.mark.parametrize("start", [0, 2, 6])
+def test_mixtape_gradcheck_with_the_frequent_block_anywhere(start):
+    """The own-gate ids a .. a+S-1 at the start, in the middle and at the end of the vocabulary:
+    the projection's placeholder block, overwritten by the gated logits, passes no gradient."""
+    layer = build("mixtape", input_dim=4, num_tokens=9, output_components=4, mixtape_gate_dim=3,
+                  mixtape_frequent_tokens=3, first_target=start).double().eval()
+    g = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    weight = layer.weight.detach().clone().requires_grad_()
+
+    def log_p(g, weight):
+        return F.log_softmax(torch.func.functional_call(layer, {"weight": weight}, (g,)), -1)
+
+    assert torch.autograd.gradcheck(log_p, (g, weight))
+
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_tied_weights_share_storage_and_gradients(name):
     embed = nn.Embedding(V, C)

@@ -175,11 +175,13 @@ class Mixtape(ContextMixture):
         if S == 0:
             logits = upcast(F.linear(mixed, self.weight))                      # (..., V)
         else:
-            # mixed . w_x for the other x and h_k . w_x for the S frequent x, in one autograd node
-            before, component_logits, after = SplitProjection.apply(mixed, h, self.weight, a, S)
+            # mixed . w_x for every x, and h_k . w_x for the S frequent x, in one autograd node;
+            # the frequent x's gated logits then overwrite their block of the (..., V) logits
+            logits, component_logits = SplitProjection.apply(mixed, h, self.weight, a, S)
             frequent = self.frequent_logits(features, shared_logits, upcast(component_logits))
-            # cat promotes before/after (e.g. bfloat16 under autocast) to frequent's float32
-            logits = torch.cat([before, frequent, after], -1)                  # (..., V)
+            # upcast: under autocast the logits come in its dtype (e.g. bfloat16), frequent's
+            # are float32
+            logits = FillBlock.apply(upcast(logits), frequent, a)             # (..., V)
         return logits if self.bias is None else logits + self.bias
 
     def frequent_logits(self, features, shared_logits, component_logits) -> torch.Tensor:
@@ -237,13 +239,16 @@ def tree_mix(values: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
 
 class SplitProjection(torch.autograd.Function):
     """(mixed (..., E), contexts (..., K, E), weight (V, E), a, S) ->
-    (mixed . w_x for x < a: (..., a), contexts_k . w_x for a <= x < a+S: (..., K, S),
-     mixed . w_x for x >= a+S: (..., V-a-S)).
+    (mixed . w_x for every x: (..., V), contexts_k . w_x for a <= x < a+S: (..., K, S)).
 
-    Matmuls with the three row blocks of one weight. Autograd through slices of ``weight`` would
-    build the (V, E) weight gradient from blocks and copy them into a new (V, E) tensor (slices:
-    zero-filled ones); here backward writes every block straight into one. Under autocast the
-    matmuls run in the autocast dtype, as ``F.linear`` would.
+    The (..., V) logits' block [a, a+S) is a placeholder, which ``FillBlock`` overwrites with the
+    frequent tokens' gated logits: its gradient is discarded (as that of a constant), so only the
+    blocks [0, a) and [a+S, V) reach ``mixed`` and ``weight``. The placeholder costs S E
+    multiply-adds per position, but one matmul into one contiguous (..., V) tensor is cheaper
+    than writing the two outer blocks apart and concatenating them (a V-wide copy), and
+    backward writes the (V, E) weight gradient block by block into one tensor, where autograd
+    through slices of ``weight`` would build and sum zero-filled ones. Under autocast the matmuls
+    run in the autocast dtype, as ``F.linear`` would.
     """
 
     @staticmethod
@@ -253,42 +258,66 @@ class SplitProjection(torch.autograd.Function):
         if dtype is not None:
             mixed, contexts, weight = (x.to(dtype) for x in (mixed, contexts, weight))
         with torch.autocast(device, enabled=False):
-            head, middle, tail = split_rows(weight, start, frequent)
-            outputs = (F.linear(mixed, head), torch.matmul(contexts, middle.t()),
-                       F.linear(mixed, tail))
+            _, middle, _ = split_blocks(weight, start, frequent)
+            outputs = F.linear(mixed, weight), torch.matmul(contexts, middle.t())
         ctx.save_for_backward(mixed, contexts, weight)
         ctx.blocks = start, frequent
         return outputs
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_head, grad_middle, grad_tail):
+    def backward(ctx, grad_logits, grad_middle):
         mixed, contexts, weight = ctx.saved_tensors
         E = weight.shape[1]
-        head, middle, tail = split_rows(weight, *ctx.blocks)
-        grad_head, grad_middle, grad_tail = (
-            g.to(weight.dtype) for g in (grad_head, grad_middle, grad_tail))
+        head, middle, tail = split_blocks(weight, *ctx.blocks)
+        # (..., V) -> (positions, V): a view, also of a slice's gradient; its column blocks
+        grad_head, _, grad_tail = split_blocks(
+            grad_logits.to(weight.dtype).reshape(-1, weight.shape[0]), *ctx.blocks, dim=1)
+        grad_middle = grad_middle.to(weight.dtype)
+        flat_mixed = mixed.reshape(-1, E)                                  # (positions, E)
         grad_mixed = grad_contexts = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_mixed = torch.matmul(grad_tail, tail)
+            grad_mixed = torch.mm(grad_tail, tail)
             if head.shape[0]:
-                grad_mixed = grad_mixed + torch.matmul(grad_head, head)
+                grad_mixed = grad_mixed.addmm_(grad_head, head)
+            grad_mixed = grad_mixed.view_as(mixed)
         if ctx.needs_input_grad[1]:
             grad_contexts = torch.matmul(grad_middle, middle)
         if ctx.needs_input_grad[2]:
             grad_weight = torch.empty_like(weight)
-            for block, grad, inputs in zip(split_rows(grad_weight, *ctx.blocks),
-                                           (grad_head, grad_middle, grad_tail),
-                                           (mixed, contexts, mixed)):
+            for block, grad, inputs in zip(split_blocks(grad_weight, *ctx.blocks),
+                                           (grad_head, grad_middle.reshape(-1, middle.shape[0]),
+                                            grad_tail),
+                                           (flat_mixed, contexts.reshape(-1, E), flat_mixed)):
                 if block.numel():                    # the head is empty where a = 0, the tail
-                    torch.mm(grad.reshape(-1, block.shape[0]).t(),  # where a + S = V
-                             inputs.reshape(-1, E), out=block)
+                    torch.mm(grad.t(), inputs, out=block)  # where a + S = V
         return grad_mixed, grad_contexts, grad_weight, None, None
 
 
-def split_rows(weight: torch.Tensor, start: int, frequent: int):
-    """The row blocks [0, a), [a, a+S), [a+S, V) of a (V, ...) tensor, as views."""
-    return weight.split([start, frequent, weight.shape[0] - start - frequent])
+class FillBlock(torch.autograd.Function):
+    """(logits (..., V), block (..., S), a) -> logits with [..., a:a+S] = block, in place.
+
+    Backward passes the gradient to ``logits`` whole, the overwritten block's part included,
+    without zeroing it (a V-wide copy): only for logits whose producer discards that block's
+    gradient, as ``SplitProjection``'s placeholder does.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, block, start):
+        logits.narrow(-1, start, block.shape[-1]).copy_(block)
+        ctx.mark_dirty(logits)
+        ctx.block = start, block.shape[-1]
+        return logits
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        return grad, grad.narrow(-1, *ctx.block), None
+
+
+def split_blocks(x: torch.Tensor, start: int, frequent: int, dim: int = 0):
+    """The blocks [0, a), [a, a+S), [a+S, V) of a tensor along its V-long ``dim``, as views."""
+    return x.split([start, frequent, x.shape[dim] - start - frequent], dim)
 
 
 def autocast_dtype(device_type: str):
