@@ -181,9 +181,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--memory-length", type=int, default=512, help="target tokens per sequence")
     g.add_argument("--memory-dim", type=int, default=1024,
                    help="E: the embedding and output width of the 1-layer transformer_lm")
-    g.add_argument("--memory-chunk-tokens", type=int, nargs="+", default=[4096, 512],
-                   help="--output-chunk-tokens of output_layer_cross_entropy, each measured; "
-                        "the first is the one of the ratios (4096: the criterion's default)")
+    g.add_argument("--memory-chunk-tokens", type=chunk_setting, nargs="+",
+                   default=[DEFAULT_CHUNKS, 4096, 512],
+                   help="--output-chunk-tokens of output_layer_cross_entropy, each measured: "
+                        f"a number of positions, or {DEFAULT_CHUNKS!r} (the flag unset: 4096, "
+                        "or 2^27 / V above V = 32K); the first is the GFLOP column's")
     g.add_argument("--memory-compute", choices=["fake", "real"], default="fake",
                    help="fake: the model and step under FakeTensorMode (shapes and allocations, "
                         "no arithmetic and no memory: any size fits); real: computed")
@@ -644,6 +646,34 @@ def beam_section(models, task, args, device, dictionary, model_args: str = ""
     return entries
 
 
+DEFAULT_CHUNKS = "default"
+
+
+def chunk_setting(text: str):
+    """--memory-chunk-tokens: ``DEFAULT_CHUNKS`` or a number of positions >= 0."""
+    if text == DEFAULT_CHUNKS or text.isdigit():
+        return text if text == DEFAULT_CHUNKS else int(text)
+    raise argparse.ArgumentTypeError(
+        f"got {text!r}; allowed: a whole number >= 0 or {DEFAULT_CHUNKS!r}")
+
+
+def chunk_positions(setting, vocab: int) -> int:
+    """The positions per chunk of a --memory-chunk-tokens setting at vocabulary ``vocab``."""
+    from fairseq_mixtape.criterions.chunked import default_chunk_tokens
+
+    return default_chunk_tokens(vocab) if setting == DEFAULT_CHUNKS else setting
+
+
+def chunk_label(setting) -> str:
+    """A setting in the memory table's prose."""
+    return "unset (2^27 / V, at most 4096)" if setting == DEFAULT_CHUNKS else str(setting)
+
+
+def chunk_name(setting) -> str:
+    """A setting in the memory table's headers."""
+    return "unset" if setting == DEFAULT_CHUNKS else str(setting)
+
+
 def memory_model_args(args) -> str:
     """The memory section's body: a 1-layer transformer_lm of width E = --memory-dim (input,
     output and embedding; FFN 4E; E/64 heads), its output embedding tied to the input one."""
@@ -742,7 +772,7 @@ def memory_section(args, device, backward: bool = True) -> List[Result]:
         sample = lm_sample(dictionary, args.memory_batch, args.memory_length, device,
                            torch.Generator().manual_seed(args.seed))
         for layer in args.layers:
-            runs = [(layer, chunk) for chunk in args.memory_chunk_tokens]
+            runs = [(layer, chunk) for chunk in args.memory_chunk_tokens]  # chunk: a setting
             runs += [(layer + STOCK, 0), (layer + LINEAR, 0)] if layer == "softmax" else []
             mode = FakeModelMode() if args.memory_compute == "fake" else RealMode()
             with mode:  # fake parameters belong to their mode: one mode per model
@@ -751,7 +781,8 @@ def memory_section(args, device, backward: bool = True) -> List[Result]:
                     started = time.perf_counter()
                     criterion = (CrossEntropyCriterion(task, sentence_avg=False)
                                  if name.endswith(STOCK) else OutputLayerCrossEntropyCriterion(
-                                     task, sentence_avg=False, output_chunk_tokens=chunk,
+                                     task, sentence_avg=False,
+                                     output_chunk_tokens=None if chunk == DEFAULT_CHUNKS else chunk,
                                      linear_cross_entropy=name.endswith(LINEAR)))
                     gc.collect()
                     with mode.step(), LiveTensorPeak() as tracker:
@@ -760,7 +791,8 @@ def memory_section(args, device, backward: bool = True) -> List[Result]:
                     results.append(Result(
                         "memory", "train", name, vocab, args.memory_dim, tokens, "words",
                         tensor_mb=tracker.peak / 2 ** 20, gflops=tracker.flops / 1e9,
-                        params_m=params_m(model), model_args=model_args, chunk_tokens=chunk))
+                        params_m=params_m(model), model_args=model_args,
+                        chunk_tokens=chunk_positions(chunk, vocab)))
                     log(f"  memory V={vocab} {name} chunks {chunk or '-'}: "
                         f"{results[-1].tensor_mb:.0f} MiB, {results[-1].gflops:.0f} GFLOP "
                         f"({time.perf_counter() - started:.0f} s)")
@@ -1073,7 +1105,7 @@ def memory_table(results: List[Result], args) -> List[str]:
     rs = [r for r in results if r.section == "memory"]
     if not rs:
         return []
-    chunks = args.memory_chunk_tokens
+    chunks = args.memory_chunk_tokens  # settings; the results hold their positions per V
     peak = {(r.vocab, r.layer, r.chunk_tokens): r for r in rs}
     E = args.memory_dim
     lines = [f"## Peak training memory at large vocabularies ({args.memory_batch} x "
@@ -1083,7 +1115,7 @@ def memory_table(results: List[Result], args) -> List[str]:
              f"gradients are). Model: a 1-layer `transformer_lm` (`{memory_model_args(args)}`, "
              "`--share-decoder-input-output-embed`), each output layer through the plugin's "
              "`output_layer_cross_entropy` with `--output-chunk-tokens` "
-             + " and ".join(map(str, chunks)) + ", and the softmax model through fairseq's "
+             + " and ".join(map(chunk_label, chunks)) + ", and the softmax model through fairseq's "
              "`cross_entropy` (`softmax+cross_entropy`) and with the plugin criterion's "
              "`--linear-cross-entropy` (`softmax+linear_cross_entropy`, torch's chunked "
              "`F.linear_cross_entropy`). "
@@ -1091,13 +1123,18 @@ def memory_table(results: List[Result], args) -> List[str]:
                 "arithmetic (no memory used; the context scale of MoS and Mixtape fixed at 1, "
                 "which changes no shape)." if args.memory_compute == "fake" else
                 "Computed for real."), "",
-             "| V | layer | " + " | ".join(f"MiB, chunks {c}" for c in chunks)
-             + f" | GFLOP (matrix products), chunks {chunks[0]} | params M |",
+             "| V | layer | " + " | ".join(f"MiB, chunks {chunk_name(c)}" for c in chunks)
+             + f" | GFLOP (matrix products), chunks {chunk_name(chunks[0])} | params M |",
              "|---|---|" + "---|" * len(chunks) + "---|---|"]
     for vocab in args.memory_vocabs:
-        for r in [r for r in rs if r.vocab == vocab and r.chunk_tokens in (chunks[0], 0)]:
+        sizes = [chunk_positions(c, vocab) for c in chunks]
+        first = {}  # layer -> its result at the first setting (two settings may be one size)
+        for r in rs:
+            if r.vocab == vocab and r.chunk_tokens in (sizes[0], 0):
+                first.setdefault(r.layer, r)
+        for r in first.values():
             cells = ([fmt(peak[vocab, r.layer, c].tensor_mb, 0) if (vocab, r.layer, c) in peak
-                      else "n/a" for c in chunks] if r.chunk_tokens else
+                      else "n/a" for c in sizes] if r.chunk_tokens else
                      [fmt(r.tensor_mb, 0)] + ["(no chunks)"] * (len(chunks) - 1))
             lines.append(f"| {vocab // 1000}K | {layer_label(r.layer, args)} | "
                          + " | ".join(cells) + f" | {fmt(r.gflops, 0)} | {r.params_m:.0f} |")
@@ -1108,7 +1145,8 @@ def memory_table(results: List[Result], args) -> List[str]:
               "softmax+cross_entropy |",
               "|---|---|" + "---|" * (len(others) + 2)]
     for vocab in args.memory_vocabs:
-        for c in chunks:
+        for setting in chunks:
+            c = chunk_positions(setting, vocab)
             softmax = peak.get((vocab, "softmax", c))
             stock = peak.get((vocab, "softmax" + STOCK, 0))
 
@@ -1116,7 +1154,7 @@ def memory_table(results: List[Result], args) -> List[str]:
                 return "n/a" if a is None or b is None else f"{a.tensor_mb / b.tensor_mb:.2f}"
 
             linear = peak.get((vocab, "softmax" + LINEAR, 0))
-            lines.append(f"| {vocab // 1000}K | {c} | " + "".join(
+            lines.append(f"| {vocab // 1000}K | {chunk_name(setting)} ({c}) | " + "".join(
                 f"{ratio(peak.get((vocab, name, c)), softmax)} | " for name in others)
                 + f"{ratio(softmax, stock)} | {ratio(linear, stock)} |")
     return lines + [""]

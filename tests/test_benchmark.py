@@ -153,16 +153,19 @@ def test_memory_under_fake_tensors_equals_computed(tmp_path):
 
 
 def test_memory_section_writes_tables(tmp_path):
-    main(MEMORY_SMALL + ["--layers", "softmax", "mixtape", "--memory-chunk-tokens", "4096",
-                         "--out-dir", str(tmp_path), "--name", "memory"])
+    """Settings as numbers and ``default`` (the criterion's flag unset: at V = 2K, 4096)."""
+    main(MEMORY_SMALL + ["--layers", "softmax", "mixtape", "--memory-chunk-tokens", "default",
+                         "32", "--out-dir", str(tmp_path), "--name", "memory"])
     with open(tmp_path / "memory.csv") as f:
         rows = list(csv.DictReader(f))
     assert {(row["layer"], row["chunk_tokens"]) for row in rows} == {
-        ("softmax", "4096"), ("mixtape", "4096"), ("softmax+cross_entropy", ""),
-        ("softmax+linear_cross_entropy", "")}
+        ("softmax", "4096"), ("mixtape", "4096"), ("softmax", "32"), ("mixtape", "32"),
+        ("softmax+cross_entropy", ""), ("softmax+linear_cross_entropy", "")}
     table = (tmp_path / "memory.md").read_text()
     assert "## Peak training memory at large vocabularies (2 x 32 target tokens, E = 64)" in table
-    assert "| 2K | 4096 | " in table and "FakeTensorMode" in table
+    assert "| V | layer | MiB, chunks unset | MiB, chunks 32 |" in table
+    assert "| 2K | unset (4096) | " in table and "| 2K | 32 (32) | " in table
+    assert "FakeTensorMode" in table
     assert "## Ratios" not in table  # nothing timed
 
 
@@ -248,6 +251,8 @@ def test_grid_skips_a_cell_that_would_not_fit(tmp_path, monkeypatch, capsys):
     (["--grid-dims", "16", "16"], "--grid-dims: got 16 16; allowed: each value once"),
     (["--grid-positions", "0"], "--grid-positions: got 0; allowed: a whole number >= 1"),
     (["--repeats", "0"], "--repeats: got 0; allowed: >= 1 with --grid"),
+    (["--memory-chunk-tokens", "many"],
+     "--memory-chunk-tokens: got 'many'; allowed: a whole number >= 0 or 'default'"),
 ])
 def test_grid_flags_are_checked_before_any_work(flags, message, capsys):
     from fairseq_mixtape_tools.benchmark import parse_args

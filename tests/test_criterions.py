@@ -11,7 +11,9 @@ from fairseq.logging import metrics
 
 from fairseq_mixtape.criterions import (OutputLayerCrossEntropyCriterion,
                                         OutputLayerLabelSmoothedCrossEntropyCriterion)
-from fairseq_mixtape.criterions.chunked import rows_per_chunk, token_losses
+from fairseq_mixtape.criterions import chunked
+from fairseq_mixtape.criterions.chunked import (default_chunk_tokens, rows_per_chunk,
+                                                token_losses)
 from fairseq_mixtape.models import output_layer_of
 from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
 from helpers import (LAYERS, MIXTURES, TINY_LSTM, TINY_LSTM_LM, TINY_TRANSFORMER,
@@ -158,6 +160,31 @@ def test_rows_per_chunk():
     assert rows_per_chunk(3, 0, 10) == 3
 
 
+def test_default_chunks_keep_a_chunks_scores_to_2_to_the_27():
+    """Unset --output-chunk-tokens: 4096 positions up to V = 32K, 2^27 / V above (V = 256K:
+    512 positions, one 512-token sequence of a batch per chunk)."""
+    assert [default_chunk_tokens(V) for V in (10, 10_000, 32_000, 32_768, 65_536, 256_000,
+                                              2 ** 28)] == [4096, 4096, 4096, 4096, 2048, 524, 1]
+    assert rows_per_chunk(8, 512, default_chunk_tokens(256_000)) == 1
+
+
+def test_unset_chunks_follow_the_vocabulary(parsed, monkeypatch):
+    """The criterion's default resolves per model, from its vocabulary: with 2^27 scaled down
+    to T x V entries, every chunk token_losses sees is one sequence of length T."""
+    task, model, sample = model_and_sample(parsed, "transformer_lm", "mixtape", size=4)
+    rows, length = sample["target"].shape
+    monkeypatch.setattr(chunked, "CHUNK_SCORES", length * len(task.target_dictionary))
+    seen = []
+
+    def spy(layer, features, *args, **kwargs):
+        seen.append(features.shape[0])
+        return token_losses(layer, features, *args, **kwargs)
+
+    monkeypatch.setattr(chunked, "token_losses", spy)
+    OutputLayerCrossEntropyCriterion(task, False)(model, sample)
+    assert seen == [1] * rows
+
+
 # ------------------------------------------------------------------------------- memory, dropout
 def test_chunks_bound_peak_memory_in_forward_and_backward(parsed):
     """MoS with K=15: the (N, K, V) activations of one sequence at a time, also in backward."""
@@ -284,7 +311,7 @@ def test_flags(parsed):
             criterion.report_accuracy, criterion.sentence_avg) == (0.1, 32, 1, True, True)
     criterion = parsed("lstm_lm").criterion
     assert type(criterion) is OutputLayerCrossEntropyCriterion
-    assert (criterion.eps, criterion.output_chunk_tokens, criterion.sentence_avg) == (0, 4096,
+    assert (criterion.eps, criterion.output_chunk_tokens, criterion.sentence_avg) == (0, None,
                                                                                       False)
 
 

@@ -29,6 +29,16 @@ class TokenLosses(NamedTuple):
     predicted: Optional[torch.Tensor]  # argmax_x log p(x), long, also at padding; None unless asked
 
 
+DEFAULT_CHUNK_TOKENS = 4096  # target positions per chunk, at vocabularies up to 32K
+CHUNK_SCORES = 2 ** 27       # positions x V per chunk by default: 512 MiB of float32 scores
+
+
+def default_chunk_tokens(num_tokens: int) -> int:
+    """``--output-chunk-tokens`` where it is unset: 4096 positions, or fewer where V is over 32K,
+    so that a chunk's (positions, V) scores keep to about 2^27 entries (V = 256K: 512)."""
+    return max(1, min(DEFAULT_CHUNK_TOKENS, CHUNK_SCORES // num_tokens))
+
+
 def rows_per_chunk(batch_size: int, length: int, chunk_tokens: int) -> int:
     """Sequences per chunk: as many whole sequences of ``length`` target positions as fit in
     ``chunk_tokens`` positions, at least one; all of them for ``chunk_tokens`` = 0."""
@@ -72,15 +82,18 @@ def compiled_token_losses() -> Compiled:
 
 
 def chunked_token_losses(layer: OutputLayer, features: torch.Tensor, target: torch.Tensor,
-                         padding_idx: int, chunk_tokens: int, smooth: bool = False,
+                         padding_idx: int, chunk_tokens: Optional[int], smooth: bool = False,
                          predict: bool = False) -> TokenLosses:
-    """``token_losses`` over chunks of ``rows_per_chunk`` sequences, concatenated: (B, T) each.
+    """``token_losses`` over chunks of ``rows_per_chunk`` sequences, concatenated: (B, T) each;
+    ``chunk_tokens`` None: ``default_chunk_tokens`` of the layer's vocabulary.
 
     With gradients enabled and more than one chunk, each chunk is checkpointed (non-reentrant):
     only its (b, T) results are kept for backward, where the chunk is recomputed alone.
     """
     losses = token_losses if layer.compiled_forward is None else compiled_token_losses()
     compute = partial(losses, layer, padding_idx=padding_idx, smooth=smooth, predict=predict)
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(layer.num_tokens)
     rows = rows_per_chunk(*target.shape, chunk_tokens)
     if rows >= target.size(0):
         return compute(features, target)  # one chunk: checkpointing would only add a recomputation

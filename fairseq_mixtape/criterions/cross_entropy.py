@@ -11,6 +11,7 @@ memory of the N x K x V mixture activations, and log the mixture weights' statis
 """
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +31,14 @@ from .statistics import log_mixture_statistics, mixture_statistics
 
 @dataclass
 class OutputLayerCrossEntropyConfig(FairseqDataclass):
-    output_chunk_tokens: int = field(
-        default=4096,
+    output_chunk_tokens: Optional[int] = field(
+        default=None,
         metadata={"help": "run the output layer and the loss on chunks of whole sequences of "
                           "about this many target positions (padding included; at least one "
                           "sequence), each recomputed in backward, so that only one chunk's "
                           "output-layer activations (MoS: positions x K x V) exist at a time; "
-                          "0: the whole batch at once"})
+                          "0: the whole batch at once; unset: 4096, or 2^27 / V where the "
+                          "vocabulary V is over 32K (V = 256K: 512)"})
     linear_cross_entropy: bool = field(
         default=False,
         metadata={"help": "softmax layer, without label smoothing or --report-accuracy: the "
@@ -79,14 +81,16 @@ class OutputLayerCrossEntropyCriterion(FairseqCriterion):
 
     name = "output_layer_cross_entropy"
 
-    def __init__(self, task, sentence_avg, output_chunk_tokens=4096, ignore_prefix_size=0,
+    def __init__(self, task, sentence_avg, output_chunk_tokens=None, ignore_prefix_size=0,
                  report_accuracy=False, label_smoothing=0.0, linear_cross_entropy=False):
         super().__init__(task)
         if linear_cross_entropy:
             check_linear_cross_entropy(label_smoothing, report_accuracy)
         self.linear_cross_entropy = linear_cross_entropy
-        check_option(output_chunk_tokens >= 0, "--output-chunk-tokens", output_chunk_tokens,
-                     "0 (no chunks) or a number of target positions per chunk")
+        check_option(output_chunk_tokens is None or output_chunk_tokens >= 0,
+                     "--output-chunk-tokens", output_chunk_tokens,
+                     "0 (no chunks), a number of target positions per chunk, or unset (4096, "
+                     "fewer above V = 32K)")
         check_option(ignore_prefix_size >= 0, "--ignore-prefix-size", ignore_prefix_size,
                      "an integer >= 0")
         check_option(0.0 <= label_smoothing < 1.0, "--label-smoothing", label_smoothing,
