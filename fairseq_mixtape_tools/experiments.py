@@ -143,6 +143,13 @@ def values_of(runs: Sequence[Run], key: str) -> List[float]:
     return [run.result[key] for run in runs if key in run.result]
 
 
+def seeds_cell(runs: Sequence[Run], key: str) -> str:
+    """The seeds whose result has ``key``, and those still to finish in brackets."""
+    done = [str(r.seed) for r in runs if key in r.result]
+    todo = [str(r.seed) for r in runs if key not in r.result]
+    return (",".join(done) + (f" ({','.join(todo)} to come)" if todo else "")).strip() or "-"
+
+
 def seconds_per_epoch(runs: Sequence[Run]) -> List[float]:
     """Each run's training time over its epochs (the validated ones), for runs that have both."""
     return [run.result["train_seconds"] / len(run.result["valid_ppl_curve"]) for run in runs

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     OUTPUT_VARIANTS, Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell,
-    run_in_parallel, seconds_per_epoch, values_of)
+    run_in_parallel, seconds_per_epoch, seeds_cell, values_of)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import run_tool  # noqa: E402
@@ -225,13 +225,6 @@ def relative(runs, baseline, key="test_ppl"):
     return format_mean(changes, 1) + "%" if changes else "-"
 
 
-def seeds_cell(runs):
-    """The seeds with a test perplexity, and those still to finish in brackets."""
-    done = [str(r.seed) for r in runs if "test_ppl" in r.result]
-    todo = [str(r.seed) for r in runs if "test_ppl" not in r.result]
-    return (",".join(done) + (f" ({','.join(todo)} to come)" if todo else "")).strip() or "-"
-
-
 def plateau_cell(runs):
     gains = values_of(runs, "last_epoch_gain_percent")
     text = "; ".join(f"{g:.1f}" for g in gains) or "-"
@@ -263,7 +256,7 @@ def write_table(args, runs, total_updates):
                 continue
             params = values_of(group, "parameters")
             lines.append(
-                f"| {dim} | {variant} | {seeds_cell(group)} "
+                f"| {dim} | {variant} | {seeds_cell(group, 'test_ppl')} "
                 f"| {f'{int(params[0]):,}' if params else '-'} | {cell(group, 'valid_ppl')} "
                 f"| {cell(group, 'test_ppl')} | {relative(group, softmax)} "
                 f"| {relative(group, control)} | {plateau_cell(group)} | {rank_cell(group)} "

@@ -43,7 +43,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     OUTPUT_VARIANTS, Run, format_mean, measure_rank, rank_cell, run_in_parallel, scale_text,
-    seconds_per_epoch, values_of, write_results)
+    seconds_per_epoch, seeds_cell, values_of, write_results)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_data_dir, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
@@ -378,7 +378,7 @@ def write_table(args, runs):
         bleu = values_of(group, f"bleu_{TEST}")
         reference = statistics.fmean(softmax_bleu) if softmax_bleu else math.nan
         lines.append(
-            f"| {layer} | {','.join(str(r.seed) for r in group)} "
+            f"| {layer} | {seeds_cell(group, f'bleu_{TEST}')} "
             f"| {f'{int(params[0]):,}' if params else '-'} | "
             + " | ".join(format_mean(values_of(group, f"bleu_{name}")) for name in test_sets)
             + f" | {format_mean([b - reference for b in bleu])} "
