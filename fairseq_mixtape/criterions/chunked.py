@@ -35,7 +35,7 @@ CHUNK_SCORES = 2 ** 27       # positions x V per chunk by default: 512 MiB of fl
 
 def default_chunk_tokens(num_tokens: int) -> int:
     """``--output-chunk-tokens`` where it is unset: 4096 positions, or fewer where V is over 32K,
-    so that a chunk's (positions, V) scores keep to about 2^27 entries (V = 256K: 512)."""
+    so that a chunk's (positions, V) scores keep to about 2^27 entries (V = 256K: 524)."""
     return max(1, min(DEFAULT_CHUNK_TOKENS, CHUNK_SCORES // num_tokens))
 
 

@@ -38,7 +38,7 @@ class OutputLayerCrossEntropyConfig(FairseqDataclass):
                           "sequence), each recomputed in backward, so that only one chunk's "
                           "output-layer activations (MoS: positions x K x V) exist at a time; "
                           "0: the whole batch at once; unset: 4096, or 2^27 / V where the "
-                          "vocabulary V is over 32K (V = 256K: 512)"})
+                          "vocabulary V is over 32K (V = 256K: 524)"})
     linear_cross_entropy: bool = field(
         default=False,
         metadata={"help": "softmax layer, without label smoothing or --report-accuracy: the "
