@@ -34,8 +34,9 @@ Four sections by default, and ``memory`` on request, each for softmax, MoS (K=15
     the peak training memory (live tensors of forward, loss and backward) at the large
     vocabularies ``--memory-vocabs`` (128K, 256K), on a 1-layer ``transformer_lm`` of width
     ``--memory-dim`` (1024; 8 x 512 target tokens): every layer through
-    ``output_layer_cross_entropy`` at each ``--memory-chunk-tokens`` (4096, 512), and the
-    softmax model through fairseq's ``cross_entropy`` (``softmax+cross_entropy``). By default
+    ``output_layer_cross_entropy`` at each ``--memory-chunk-tokens`` (the criterion's default,
+    4096, 512), and the softmax model through fairseq's ``cross_entropy``
+    (``softmax+cross_entropy``) and the plugin's ``--linear-cross-entropy``. By default
     under ``FakeTensorMode`` (``FakeModelMode``): the step's tensors with their sizes and
     lifetimes but no arithmetic and no memory, so any size runs in seconds (equal, byte for
     byte, to the computed step's peak: tests/test_benchmark.py); ``--memory-compute real``
@@ -651,8 +652,10 @@ DEFAULT_CHUNKS = "default"
 
 def chunk_setting(text: str):
     """--memory-chunk-tokens: ``DEFAULT_CHUNKS`` or a number of positions >= 0."""
-    if text == DEFAULT_CHUNKS or text.isdigit():
-        return text if text == DEFAULT_CHUNKS else int(text)
+    if text == DEFAULT_CHUNKS:
+        return text
+    if text.isdigit():
+        return int(text)
     raise argparse.ArgumentTypeError(
         f"got {text!r}; allowed: a whole number >= 0 or {DEFAULT_CHUNKS!r}")
 
@@ -664,13 +667,8 @@ def chunk_positions(setting, vocab: int) -> int:
     return default_chunk_tokens(vocab) if setting == DEFAULT_CHUNKS else setting
 
 
-def chunk_label(setting) -> str:
-    """A setting in the memory table's prose."""
-    return "unset (2^27 / V, at most 4096)" if setting == DEFAULT_CHUNKS else str(setting)
-
-
 def chunk_name(setting) -> str:
-    """A setting in the memory table's headers."""
+    """A setting in the memory table: ``unset`` for the criterion's default."""
     return "unset" if setting == DEFAULT_CHUNKS else str(setting)
 
 
@@ -1115,7 +1113,9 @@ def memory_table(results: List[Result], args) -> List[str]:
              f"gradients are). Model: a 1-layer `transformer_lm` (`{memory_model_args(args)}`, "
              "`--share-decoder-input-output-embed`), each output layer through the plugin's "
              "`output_layer_cross_entropy` with `--output-chunk-tokens` "
-             + " and ".join(map(chunk_label, chunks)) + ", and the softmax model through fairseq's "
+             + " and ".join(map(chunk_name, chunks))
+             + (" (unset: 2^27 / V positions, at most 4096)" if DEFAULT_CHUNKS in chunks else "")
+             + ", and the softmax model through fairseq's "
              "`cross_entropy` (`softmax+cross_entropy`) and with the plugin criterion's "
              "`--linear-cross-entropy` (`softmax+linear_cross_entropy`, torch's chunked "
              "`F.linear_cross_entropy`). "
@@ -1144,16 +1144,16 @@ def memory_table(results: List[Result], args) -> List[str]:
               + "softmax (plugin) / softmax+cross_entropy | softmax+linear_cross_entropy / "
               "softmax+cross_entropy |",
               "|---|---|" + "---|" * (len(others) + 2)]
+
+    def ratio(a, b):
+        return "n/a" if a is None or b is None else f"{a.tensor_mb / b.tensor_mb:.2f}"
+
     for vocab in args.memory_vocabs:
+        stock = peak.get((vocab, "softmax" + STOCK, 0))
+        linear = peak.get((vocab, "softmax" + LINEAR, 0))
         for setting in chunks:
             c = chunk_positions(setting, vocab)
             softmax = peak.get((vocab, "softmax", c))
-            stock = peak.get((vocab, "softmax" + STOCK, 0))
-
-            def ratio(a, b):
-                return "n/a" if a is None or b is None else f"{a.tensor_mb / b.tensor_mb:.2f}"
-
-            linear = peak.get((vocab, "softmax" + LINEAR, 0))
             lines.append(f"| {vocab // 1000}K | {chunk_name(setting)} ({c}) | " + "".join(
                 f"{ratio(peak.get((vocab, name, c)), softmax)} | " for name in others)
                 + f"{ratio(softmax, stock)} | {ratio(linear, stock)} |")
