@@ -173,3 +173,40 @@ def test_ptb_experiment_refuses_missing_data(ptb, capsys, tmp_path):
     args = ptb.parse_args(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
                            "--stages", "train,eval"])
     assert args.layers == list(ptb.LAYERS) and args.seeds == [1, 2] and args.mos_seeds == [1]
+
+
+def test_multi30k_lenpen_tuning_widens_and_rescores(tmp_path, monkeypatch, capsys):
+    """A wider --lenpens scores only the new penalties on the validation set; a run scored with
+    a penalty that is no longer the best is generated again, one that still is is kept."""
+    m30k = load_script("examples/translation/multi30k_experiment.py")
+    from fairseq_mixtape_tools.experiments import Run
+    runs = [Run(tmp_path / "runs", "softmax", 1), Run(tmp_path / "runs", "mixtape", 1)]
+    runs[0].dir.mkdir(parents=True)
+    m30k.averaged(runs[0]).write_text("")
+    valid_bleu = {0.6: 30.0, 1.0: 31.0, 1.4: 32.0, 1.8: 32.5, 2.2: 31.5}
+    scored = []
+
+    def translate(args, run, data_dir, subset, references_path, lenpen, log_name):
+        scored.append(lenpen)
+        return [], type("Bleu", (), {"score": valid_bleu[lenpen]})(), ""
+    monkeypatch.setattr(m30k, "translate", translate)
+    args = type("Args", (), {"out": tmp_path, "data": tmp_path, "seeds": [1],
+                             "lenpens": [0.6, 1.0, 1.4]})()
+    assert m30k.tuned_lenpen(args, runs) == 1.4 and scored == [0.6, 1.0, 1.4]
+    assert m30k.tuned_lenpen(args, runs) == 1.4 and scored == [0.6, 1.0, 1.4]  # recorded
+    args.lenpens = [0.6, 1.0, 1.4, 1.8, 2.2]
+    assert m30k.tuned_lenpen(args, runs) == 1.8 and scored[3:] == [1.8, 2.2]
+    tuning = json.loads((tmp_path / "lenpen.json").read_text())
+    assert tuning["lenpen"] == 1.8 and len(tuning["valid_bleu"]) == 5
+    assert tuning["run"] == "softmax_seed1"
+
+    runs[0].record(lenpen=1.4, bleu_test_2016_flickr=37.0, bleu_line_test_2016_flickr="BLEU",
+                   bleu_signature="nrefs:1", rank={"numerical_rank": 129})
+    runs[1].record(lenpen=1.8, bleu_test_2016_flickr=38.0)
+    for run in runs:
+        m30k.forget_other_lenpen(run, 1.8)
+    assert runs[0].result == {"rank": {"numerical_rank": 129}}  # scored again on the next step
+    assert json.loads(runs[0].result_path.read_text()) == runs[0].result
+    assert runs[1].result == {"lenpen": 1.8, "bleu_test_2016_flickr": 38.0}
+    assert "softmax seed 1: scored with lenpen 1.4, now 1.8: generating again" in (
+        capsys.readouterr().out)

@@ -12,7 +12,9 @@ resumes from its last checkpoint):
            (output layer, seed), in OUT/runs/LAYER_seedS/
   average  the average of the last --average epoch checkpoints: the evaluated model
   tune     the length penalty: the one of --lenpens with the best BLEU on the validation set, for
-           the softmax run of the first seed only; then used unchanged for every run
+           the softmax run of the first seed only; then used unchanged for every run (a wider
+           --lenpens later scores only the new penalties, and a run scored with a penalty that
+           is no longer the best is generated again)
   generate fairseq-generate with beam --beam and the tuned length penalty on test_2016_flickr and
            every --test-sets NAME (NAME.en/NAME.de in --data), sentencepiece removed, scored
            against the raw reference with sacrebleu (13a): one BLEU line per test set
@@ -99,8 +101,10 @@ def parse_args(argv=None):
     parser.add_argument("--average", type=int, default=5,
                         help="the evaluated model averages the last N epoch checkpoints")
     parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--lenpens", type=comma_list(float), default=[0.6, 1.0, 1.4],
-                        help="length penalties tried on the validation set (softmax, first seed)")
+    parser.add_argument("--lenpens", type=comma_list(float),
+                        default=[0.6, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0],
+                        help="length penalties tried on the validation set (softmax, first "
+                             "seed); a later, wider list scores only the new ones")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--rank-contexts", type=int, default=2000,
                         help="target positions (rows) of the log-probability matrix")
@@ -272,27 +276,43 @@ TUNING_LOCK = threading.Lock()
 
 def tuned_lenpen(args, runs):
     """The length penalty of --lenpens with the best validation BLEU for the softmax run of the
-    first seed (OUT/lenpen.json, computed once); None until that run is averaged."""
+    first seed; None until that run is averaged. Each penalty's validation BLEU is kept in
+    OUT/lenpen.json, so widening --lenpens later scores only the penalties not yet tried."""
     path = args.out / "lenpen.json"
     with TUNING_LOCK:
-        if path.is_file():
-            return json.loads(path.read_text())["lenpen"]
-        reference = next((r for r in runs if r.layer == "softmax" and r.seed == args.seeds[0]),
-                         None)
-        if reference is None or not averaged(reference).is_file():
-            return None
-        scores = {}
-        for lenpen in args.lenpens:
-            _, bleu, _ = translate(args, reference, args.out / "data-bin", "valid",
-                                   args.data / f"{SPLITS['valid']}.de", lenpen,
-                                   f"generate_valid_lenpen{lenpen:g}.log")
-            scores[lenpen] = bleu.score
-            print(f"    tune: softmax seed {reference.seed}, lenpen {lenpen:g}: valid BLEU "
-                  f"{bleu.score:.2f}", flush=True)
-        best = max(scores, key=scores.get)
-        path.write_text(json.dumps({"lenpen": best, "valid_bleu": scores,
-                                    "run": reference.dir.name}, indent=1) + "\n")
+        tuning = json.loads(path.read_text()) if path.is_file() else {"valid_bleu": {}}
+        scores = {float(lenpen): bleu for lenpen, bleu in tuning["valid_bleu"].items()}
+        missing = [lenpen for lenpen in args.lenpens if lenpen not in scores]
+        if missing:
+            reference = next((r for r in runs if r.layer == "softmax"
+                              and r.seed == args.seeds[0]), None)
+            if reference is None or not averaged(reference).is_file():
+                return None
+            for lenpen in missing:
+                _, bleu, _ = translate(args, reference, args.out / "data-bin", "valid",
+                                       args.data / f"{SPLITS['valid']}.de", lenpen,
+                                       f"generate_valid_lenpen{lenpen:g}.log")
+                scores[lenpen] = bleu.score
+                print(f"    tune: softmax seed {reference.seed}, lenpen {lenpen:g}: valid BLEU "
+                      f"{bleu.score:.2f}", flush=True)
+            tuning["run"] = reference.dir.name
+        best = max(args.lenpens, key=scores.get)
+        if missing or best != tuning.get("lenpen"):
+            path.write_text(json.dumps({"lenpen": best, "valid_bleu": dict(sorted(scores.items())),
+                                        "run": tuning["run"]}, indent=1) + "\n")
         return best
+
+
+def forget_other_lenpen(run, lenpen):
+    """Drop a run's BLEU scores if they were made with another length penalty than ``lenpen``
+    (the tuning was widened since), so that the generate step runs again."""
+    if run.result.get("lenpen", lenpen) == lenpen:
+        return
+    print(f"    {run.layer} seed {run.seed}: scored with lenpen {run.result['lenpen']:g}, now "
+          f"{lenpen:g}: generating again", flush=True)
+    for key in [k for k in run.result if k == "lenpen" or k.startswith("bleu_")]:
+        del run.result[key]
+    run.record()
 
 
 def generate(args, run, lenpen):
@@ -327,6 +347,7 @@ def execute(args, run, runs):
             print(f"    {run.layer} seed {run.seed}: generate waits for the length penalty "
                   "(tuned on the softmax run of the first seed)", flush=True)
         else:
+            forget_other_lenpen(run, lenpen)
             key = f"bleu_{args.test_sets[-1]}" if args.test_sets else f"bleu_{TEST}"
             run.step(key, lambda: generate(args, run, lenpen),
                      f"fairseq-generate (beam {args.beam}, lenpen {lenpen:g}) + sacrebleu")
