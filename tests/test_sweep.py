@@ -88,7 +88,7 @@ def test_sweep_smoke(shared_data, tmp_path):
     table = (tmp_path / "results/sweep.md").read_text()
     assert "| 8 | softmax | 1,2 |" in table and "| 16 | control | 1 |" in table
     assert "nan" not in table
-    for plot in ("sweep_ppl.png", "sweep_relative.png"):
+    for plot in ("sweep_ppl.png", "sweep_relative.png", "sweep_curves.png"):
         assert (tmp_path / "results" / plot).stat().st_size > 10_000
     rerun = subprocess.run([*argv, "--stages", "train,eval,rank,table"], capture_output=True,
                            text=True, timeout=600)

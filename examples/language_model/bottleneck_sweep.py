@@ -21,7 +21,8 @@ validation every epoch, checkpoints every epoch and every --save-updates updates
 unfinished runs from them and skips finished steps). Then fairseq-eval-lm on valid and test
 (blocks of --tokens-per-sample tokens, no context beyond the block), the numerical and
 eps-effective ranks of the test log-probability matrix, and the results: OUT_RESULTS/sweep.{md,json},
-sweep_ppl.png (test perplexity against E) and sweep_relative.png (relative to softmax).
+sweep_ppl.png (test perplexity against E), sweep_relative.png (relative to softmax) and
+sweep_curves.png (every run's validation perplexity by epoch).
 
   python examples/language_model/bottleneck_sweep.py --jobs 2        # about 12 core-hours
   python examples/language_model/bottleneck_sweep.py --dims 16 --layers softmax,mixtape \\
@@ -271,14 +272,18 @@ def write_table(args, runs, total_updates):
     print("\n".join(lines), flush=True)
 
 
-def plot(args, by_cell):
-    """sweep_ppl.png: test perplexity against E; sweep_relative.png: over softmax's."""
+def pyplot():
     import matplotlib
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging says DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot(args, by_cell):
+    """sweep_ppl.png: test perplexity against E; sweep_relative.png: over softmax's."""
+    plt = pyplot()
     softmax = {dim: mean_and_spread(values_of(by_cell.get((dim, "softmax"), []), "test_ppl"))
                for dim in args.dims}
     for name, relative_to_softmax in (("sweep_ppl", False), ("sweep_relative", True)):
@@ -307,6 +312,33 @@ def plot(args, by_cell):
         fig.tight_layout()
         fig.savefig(args.results_dir / f"{name}.png", dpi=120)
         plt.close(fig)
+    plot_curves(args, by_cell)
+
+
+def plot_curves(args, by_cell):
+    """sweep_curves.png: every run's validation perplexity by epoch, one panel per E."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(args.dims), figsize=(3.2 * len(args.dims), 3.6),
+                             squeeze=False)
+    colours = {variant: f"C{i}" for i, variant in enumerate(args.layers)}
+    for ax, dim in zip(axes[0], args.dims):
+        for variant in args.layers:
+            for run in by_cell.get((dim, variant), []):
+                curve = run.result.get("valid_ppl_curve")
+                if curve:
+                    ax.plot(range(1, len(curve) + 1), curve, marker=".", color=colours[variant],
+                            linestyle="-" if run.seed == args.seeds[0] else "--",
+                            label=f"{variant} seed {run.seed}")
+        ax.set_yscale("log")
+        ax.set_title(f"E = {dim}")
+        ax.set_xlabel("epoch")
+        if ax.has_data():
+            ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("valid perplexity")
+    fig.suptitle(f"{args.data.name}: validation perplexity by epoch", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(args.results_dir / "sweep_curves.png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):
