@@ -24,7 +24,9 @@ eps-effective ranks of the test log-probability matrix, and the results: OUT_RES
 sweep_ppl.png (test perplexity against E), sweep_relative.png (relative to softmax) and
 sweep_curves.png (every run's validation perplexity by epoch).
 
-  python examples/language_model/bottleneck_sweep.py --jobs 2        # about 12 core-hours
+  python examples/language_model/bottleneck_sweep.py --jobs 2        # 15-30 core-hours
+  (measured on PTB: 6-11 minutes per epoch of a softmax-cost run with a core to itself, up to
+  21 on a shared machine; each of the two MoS-4 runs costs several softmax runs)
   python examples/language_model/bottleneck_sweep.py --dims 16 --layers softmax,mixtape \\
       --max-epochs 1                                                 # a quick look
 """

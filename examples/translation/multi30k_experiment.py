@@ -23,7 +23,9 @@ resumes from its last checkpoint):
 
 Everything runs through fairseq's command-line tools with --user-dir fairseq_mixtape, one torch
 thread per process by default; --jobs runs several trainings at once. The default run (softmax
-and Mixtape with 3 seeds, the control and MoS with 1) takes about 15 core-hours:
+and Mixtape with 3 seeds, the control and MoS with 1) takes 20-40 core-hours: an epoch of the
+softmax run costs 5.6 core-minutes on an idle core (1.9 core-hours for 20 epochs); one such run
+took 3.7 hours on a shared 2-core machine; the mixtures cost more per epoch:
   python examples/translation/multi30k_experiment.py --data ../shared/data/multi30k-en-de \\
       --out runs/multi30k --jobs 1
 """
