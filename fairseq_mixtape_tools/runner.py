@@ -7,9 +7,11 @@ import math
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+import threading
+from typing import Callable, Dict, List, Optional, Sequence, Set
 
 # The plugin package fairseq_mixtape/ (not these tools): what --user-dir points at. Found
 # without importing it (which would import fairseq) in this process.
@@ -18,6 +20,24 @@ PACKAGE_DIR = pathlib.Path(importlib.util.find_spec("fairseq_mixtape").origin).r
 
 class CommandFailed(RuntimeError):
     pass
+
+
+_RUNNING: Set[subprocess.Popen] = set()  # the tools' processes running now
+_STOPPING = threading.Event()
+
+
+def stop_tools_on_terminate() -> None:
+    """On SIGTERM (``kill PID`` of a script in the background) stop every tool process this
+    script started and start no more, then exit: otherwise a fairseq-train keeps writing its run
+    directory, unseen, while a rerun resumes the same run. Call from the main thread."""
+    def terminate(signum, frame):
+        _STOPPING.set()
+        for proc in list(_RUNNING):
+            proc.terminate()
+        os.write(2, b"SIGTERM: stopped the fairseq tools this script started; rerun it to "
+                    b"resume from the last checkpoints\n")  # os.write: safe in a handler
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def run_tool(tool: str, arguments: Sequence[str], log_path: pathlib.Path,
@@ -30,16 +50,24 @@ def run_tool(tool: str, arguments: Sequence[str], log_path: pathlib.Path,
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
     lines = []
+    if _STOPPING.is_set():
+        raise CommandFailed(f"fairseq_cli.{tool} not started: the script is terminating")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a" if append else "w") as log, subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        log.write(" ".join(command) + "\n")
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()  # a live log, for long runs
-            lines.append(line)
-            if on_line:
-                on_line(line)
+        _RUNNING.add(proc)
+        try:
+            if _STOPPING.is_set():  # the signal came while it started
+                proc.terminate()
+            log.write(" ".join(command) + "\n")
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()  # a live log, for long runs
+                lines.append(line)
+                if on_line:
+                    on_line(line)
+        finally:
+            _RUNNING.discard(proc)
     output = "".join(lines)
     if proc.returncode != 0:
         raise CommandFailed(f"fairseq_cli.{tool} failed (exit {proc.returncode}); log: {log_path}"

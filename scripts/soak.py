@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from fairseq_mixtape_tools.runner import PACKAGE_DIR, CommandFailed, run_tool  # noqa: E402
+from fairseq_mixtape_tools.runner import (  # noqa: E402
+    PACKAGE_DIR, CommandFailed, run_tool, stop_tools_on_terminate)
 
 PRECISION_FLAGS = {"fp32": [], "amp": ["--amp"], "fp16": ["--fp16"],
                    "memory_efficient_fp16": ["--memory-efficient-fp16"]}
@@ -84,6 +85,7 @@ def check(name: str, ok: bool, detail: str, failures: list) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    stop_tools_on_terminate()
     started = time.monotonic()
     failures = []
     try:

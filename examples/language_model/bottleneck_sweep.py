@@ -47,7 +47,7 @@ from fairseq_mixtape_tools.experiments import (  # noqa: E402
     run_in_parallel, seconds_per_epoch, seeds_cell, values_of)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_positive, check_probability, comma_list)
-from fairseq_mixtape_tools.runner import run_tool  # noqa: E402
+from fairseq_mixtape_tools.runner import run_tool, stop_tools_on_terminate  # noqa: E402
 
 VARIANTS = OUTPUT_VARIANTS
 DEFAULT_VARIANTS = ["softmax", "mixtape", "control", "mos", "mixtape_papers"]
@@ -345,6 +345,7 @@ def plot_curves(args, by_cell):
 
 def main(argv=None):
     args = parse_args(argv)
+    stop_tools_on_terminate()
     started = time.monotonic()
     if "prepare" in args.stages:
         prepare(args)

@@ -31,6 +31,7 @@ from fairseq_mixtape_tools.arguments import (  # noqa: E402
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     evaluate_lm, format_mean, measure_rank, plan_runs, rank_cell, relative_to, scale_text,
     seeds_text, values_of, write_results)
+from fairseq_mixtape_tools.runner import stop_tools_on_terminate  # noqa: E402
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
 STAGES = ("prepare", "train", "eval", "rank", "table")
@@ -164,6 +165,7 @@ def write_table(args, runs):
 
 def main(argv=None):
     args = parse_args(argv)
+    stop_tools_on_terminate()
     started = time.monotonic()
     if "prepare" in args.stages:
         # prepare.sh calls fairseq-preprocess: the one of this Python's environment, activated

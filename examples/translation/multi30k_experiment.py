@@ -50,7 +50,8 @@ from fairseq_mixtape_tools.experiments import (  # noqa: E402
     seconds_per_epoch, seeds_cell, values_of, write_results)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_data_dir, check_positive, check_probability, comma_list)
-from fairseq_mixtape_tools.runner import PACKAGE_DIR, run_tool  # noqa: E402
+from fairseq_mixtape_tools.runner import (  # noqa: E402
+    PACKAGE_DIR, run_tool, stop_tools_on_terminate)
 
 LAYERS = ("softmax", "mixtape", "control", "mos")
 STAGES = ("prepare", "train", "average", "tune", "generate", "rank", "table")
@@ -413,6 +414,7 @@ def write_table(args, runs):
 
 def main(argv=None):
     args = parse_args(argv)
+    stop_tools_on_terminate()
     started = time.monotonic()
     if "prepare" in args.stages:
         prepare(args)
