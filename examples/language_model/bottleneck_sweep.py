@@ -271,6 +271,7 @@ def write_table(args, runs, total_updates):
         {f"E{r.dim}_{r.layer}_seed{r.seed}": r.result for r in runs}, indent=1,
         sort_keys=True) + "\n")
     plot(args, by_cell)
+    plot_curves(args, by_cell)
     print("\n".join(lines), flush=True)
 
 
@@ -314,7 +315,6 @@ def plot(args, by_cell):
         fig.tight_layout()
         fig.savefig(args.results_dir / f"{name}.png", dpi=120)
         plt.close(fig)
-    plot_curves(args, by_cell)
 
 
 def plot_curves(args, by_cell):
