@@ -281,9 +281,8 @@ def tuned_lenpen(args, runs):
     """The length penalty of --lenpens with the best validation BLEU for the softmax run of the
     first seed; None until that run is averaged. Each penalty's validation BLEU is kept in
     OUT/lenpen.json, so widening --lenpens later scores only the penalties not yet tried."""
-    path = args.out / "lenpen.json"
     with TUNING_LOCK:
-        tuning = json.loads(path.read_text()) if path.is_file() else {"valid_bleu": {}}
+        tuning = read_tuning(args) or {"valid_bleu": {}}
         scores = {float(lenpen): bleu for lenpen, bleu in tuning["valid_bleu"].items()}
         missing = [lenpen for lenpen in args.lenpens if lenpen not in scores]
         if missing:
@@ -301,8 +300,9 @@ def tuned_lenpen(args, runs):
             tuning["run"] = reference.dir.name
         best = max(args.lenpens, key=scores.get)
         if missing or best != tuning.get("lenpen"):
-            path.write_text(json.dumps({"lenpen": best, "valid_bleu": dict(sorted(scores.items())),
-                                        "run": tuning["run"]}, indent=1) + "\n")
+            tuning = {"lenpen": best, "valid_bleu": dict(sorted(scores.items())),
+                      "run": tuning["run"]}
+            tuning_path(args).write_text(json.dumps(tuning, indent=1) + "\n")
         return best
 
 
@@ -364,9 +364,20 @@ def execute(args, run, runs):
                  "log-probability matrix rank")
 
 
+def tuning_path(args) -> pathlib.Path:
+    return args.out / "lenpen.json"
+
+
+def read_tuning(args):
+    """OUT/lenpen.json: the chosen ``lenpen``, each tried penalty's ``valid_bleu`` and the
+    ``run`` they were scored with; None before the first tuning."""
+    path = tuning_path(args)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def recorded_lenpen(args):
-    path = args.out / "lenpen.json"
-    return json.loads(path.read_text())["lenpen"] if path.is_file() else None
+    tuning = read_tuning(args)
+    return tuning["lenpen"] if tuning else None
 
 
 def write_table(args, runs):
@@ -375,8 +386,7 @@ def write_table(args, runs):
     signature = next((r.result["bleu_signature"] for r in runs if "bleu_signature" in r.result),
                      "-")
     test_sets = [TEST, *args.test_sets]
-    tuning = json.loads((args.out / "lenpen.json").read_text()) if (
-        args.out / "lenpen.json").is_file() else None
+    tuning = read_tuning(args)
     lines = [
         f"Multi30k En-De, Transformer {args.layers_per_stack}+{args.layers_per_stack} layers, "
         f"d = {args.dim} (FFN {args.ffn_dim}, pre-norm, all embeddings shared), joint "
