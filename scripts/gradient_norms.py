@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Where the gradient of an experiment's first updates lies: its norm before clipping, split
+into the body and each part of the output layer, for each output layer, on the experiment's own
+network, data, optimiser and learning-rate schedule (its fairseq-train command, stopped after
+--updates updates; nothing is saved).
+
+With the parameters split into groups G, the gradient norm fairseq clips is
+
+    ||g||^2 = sum_G ||g_G||^2,    share(G) = ||g_G||^2 / ||g||^2
+
+and clipping scales every group by min(1, --clip-norm / ||g||): where an output layer's own
+parameters carry most of ||g||, the body's step shrinks with them. Groups: ``embeddings`` (the
+token embedding, tied with the output layer's word vectors w_x), ``body`` (every other parameter
+outside the output layer) and ``output: NAME`` for each parameter of the output layer (Mixtape:
+``context`` (H_k, e_k), ``shared_gate`` (u_j), ``gate_hidden`` (U_j, a_j), ``gate_embed`` (v_x),
+``gate_bias`` (b_x,j)).
+
+    python scripts/gradient_norms.py --experiment sweep --experiment-args '--dims 16'
+    python scripts/gradient_norms.py --experiment multi30k --updates 300
+
+The experiment's data must be prepared (its ``prepare`` stage, under its --out); its flags go
+in --experiment-args, as that script takes them.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import types
+from collections import defaultdict
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
+
+from fairseq_mixtape_tools.arguments import check_choices, check_counts, comma_list  # noqa: E402
+from fairseq_mixtape_tools.experiments import OUTPUT_VARIANTS  # noqa: E402
+from fairseq_mixtape_tools.runner import PACKAGE_DIR  # noqa: E402
+
+EXPERIMENTS = {"sweep": "examples/language_model/bottleneck_sweep.py",
+               "multi30k": "examples/translation/multi30k_experiment.py"}
+CLIP_NORM = 1.0  # both experiments' --clip-norm
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", choices=sorted(EXPERIMENTS), default="sweep")
+    parser.add_argument("--experiment-args", default="",
+                        help="the experiment script's own flags (--out, --dims, model sizes); "
+                             "the sweep's first --dims value is the E measured")
+    parser.add_argument("--layers", type=comma_list(str), default=["softmax", "mixtape", "control"],
+                        help="output layers, as the experiments name them: "
+                             + ", ".join(OUTPUT_VARIANTS))
+    parser.add_argument("--updates", type=int, default=200, help="updates measured per layer")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=pathlib.Path, default=None,
+                        help="write every update's group norms here")
+    parser.add_argument("--child", nargs=2, metavar=("LAYER", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    check_choices(parser, "--layers", args.layers, list(OUTPUT_VARIANTS))
+    check_counts(parser, args, ["--updates"])
+    return args
+
+
+def load_experiment(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / EXPERIMENTS[name])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_command(args, layer: str):
+    """The experiment's fairseq-train arguments for ``layer``, stopped after --updates updates
+    (its schedule unchanged: the sweep's decay still spans its whole run), saving nothing."""
+    experiment = load_experiment(args.experiment)
+    options = experiment.parse_args(shlex.split(args.experiment_args))
+    data_bin = options.out / "data-bin"
+    if not (data_bin / "train.bin").is_file() and not any(data_bin.glob("train.*.bin")):
+        sys.exit(f"--experiment-args: no prepared data in {data_bin}; run {EXPERIMENTS[args.experiment]}"
+                 f" --stages prepare (with the same --out) first")
+    if args.experiment == "sweep":
+        total = experiment.updates_per_epoch(options) * options.max_epochs
+        run = types.SimpleNamespace(layer=layer, dim=options.dims[0])
+        arguments = experiment.train_arguments(options, run, total)
+    else:
+        arguments = experiment.train_arguments(options, layer)
+    return [str(a) for a in arguments] + [
+        "--user-dir", str(PACKAGE_DIR), "--seed", str(args.seed), "--max-update", str(args.updates),
+        "--no-save", "--disable-validation", "--log-interval", str(args.updates)]
+
+
+def group_of(name: str) -> str:
+    if "embed_tokens" in name:
+        return "embeddings"
+    if ".output_projection." in name:  # fairseq's decoder holds the output layer there
+        return "output: " + name.split(".output_projection.", 1)[1].split(".")[0]
+    return "body"
+
+
+def measure_in_this_process(arguments, out_path: pathlib.Path) -> None:
+    """fairseq-train with its gradient clipping wrapped: each update's squared group norms,
+    taken after fairseq's gradient normalisation and before clipping, one JSON line each."""
+    from fairseq import trainer
+    from fairseq_cli import train
+
+    clip = trainer.Trainer.clip_grad_norm
+
+    def clip_grad_norm(self, clip_norm):
+        squares = defaultdict(float)
+        for name, parameter in self.model.named_parameters():
+            if parameter.grad is not None:
+                squares[group_of(name)] += float(parameter.grad.detach().float().pow(2).sum())
+        norm = clip(self, clip_norm)
+        with open(out_path, "a") as out:
+            out.write(json.dumps({"norm": float(norm), "squares": squares}) + "\n")
+        return norm
+
+    trainer.Trainer.clip_grad_norm = clip_grad_norm
+    sys.argv = ["fairseq-train", *arguments]
+    train.cli_main()
+
+
+def measure(args, layer: str, work: pathlib.Path):
+    """One layer's updates, measured in a fresh process (one torch thread, as the experiments)."""
+    out = work / f"{layer}.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [sys.executable, __file__, "--experiment", args.experiment, "--experiment-args",
+               args.experiment_args, "--updates", str(args.updates), "--seed", str(args.seed),
+               "--child", layer, str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"fairseq-train with --output-layer variant {layer} failed:\n"
+                 + "\n".join(done.stdout.splitlines()[-15:] + done.stderr.splitlines()[-15:]))
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def summary(updates):
+    """Median norm, the share of updates clipped, and each group's mean share of ||g||^2,
+    over all the updates and over their second half."""
+    def shares(part):
+        groups = sorted({g for u in part for g in u["squares"]})
+        return {g: statistics.fmean(u["squares"].get(g, 0.0) / sum(u["squares"].values())
+                                    for u in part) for g in groups}
+    norms = [u["norm"] for u in updates]
+    return {"median_norm": statistics.median(norms),
+            "clipped": sum(n > CLIP_NORM for n in norms) / len(norms),
+            "shares": shares(updates), "shares_second_half": shares(updates[len(updates) // 2:])}
+
+
+def table(results, updates: int) -> str:
+    groups = sorted({g for r in results.values() for g in r["shares"]},
+                    key=lambda g: (g.startswith("output"), g))
+    lines = [f"Gradient norm before clipping over the first {updates} updates (clip norm "
+             f"{CLIP_NORM:g}); each group's mean share of ||g||^2, all updates (second half)",
+             "",
+             "| output layer | median norm | updates clipped | " + " | ".join(groups) + " |",
+             "|---|---:|---:|" + "---:|" * len(groups)]
+    for layer, r in results.items():
+        cells = [f"{100 * r['shares'].get(g, 0):.0f}% ({100 * r['shares_second_half'].get(g, 0):.0f}%)"
+                 if g in r["shares"] else "-" for g in groups]
+        lines.append(f"| {layer} | {r['median_norm']:.3f} | {100 * r['clipped']:.0f}% | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        layer, out = args.child
+        measure_in_this_process(train_command(args, layer), pathlib.Path(out))
+        return
+    train_command(args, args.layers[0])  # the data is there, the flags parse: fail before work
+    results, raw = {}, {}
+    with tempfile.TemporaryDirectory() as work:
+        for layer in args.layers:
+            print(f"{layer}: {args.updates} updates ...", flush=True)
+            raw[layer] = measure(args, layer, pathlib.Path(work))
+            results[layer] = summary(raw[layer])
+    print(table(results, args.updates))
+    if args.json:
+        args.json.write_text(json.dumps({"summary": results, "updates": raw}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""scripts/gradient_norms.py: the parameter groups cover every parameter once (their squared
+norms add up to the norm fairseq clips), the output layer's own parameters are named, and an
+unprepared experiment is refused before any training."""
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from helpers import random_corpus
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts/gradient_norms.py"
+SWEEP = REPO / "examples/language_model/bottleneck_sweep.py"
+TINY = ("--dims 8 --body-dim 16 --body-layers 1 --ffn-dim 32 --tokens-per-sample 16 "
+        "--batch-size 8 --warmup-updates 2 --max-epochs 1")
+
+
+def run(*argv, timeout=600):
+    return subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_unprepared_experiment_refused(tmp_path):
+    done = run(SCRIPT, "--experiment-args", f"--out {tmp_path / 'nothing'}")
+    assert done.returncode != 0
+    assert "--experiment-args: no prepared data in" in done.stderr
+    assert "--stages prepare" in done.stderr
+
+
+def test_bad_layer_refused(capsys):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import gradient_norms
+
+    with pytest.raises(SystemExit):
+        gradient_norms.parse_args(["--layers", "softmax,mixture"])
+    assert "--layers: got 'mixture'; allowed: softmax, mixtape" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_groups_add_up_to_the_clipped_norm(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for seed, split in enumerate(("train", "valid", "test")):
+        random_corpus(corpus / f"{split}.txt", 300 if split == "train" else 40, 200, seed=seed)
+    experiment = f"--data {corpus} --out {tmp_path / 'out'} {TINY}"
+    prepared = run(SWEEP, *experiment.split(), "--stages", "prepare")
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    out = tmp_path / "norms.json"
+    done = run(SCRIPT, "--experiment-args", experiment, "--layers", "softmax,mixtape",
+               "--updates", 3, "--json", out)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "| mixtape |" in done.stdout and "output: context" in done.stdout
+    found = json.loads(out.read_text())
+    for layer in ("softmax", "mixtape"):
+        updates = found["updates"][layer]
+        assert len(updates) == 3
+        for update in updates:
+            assert math.isclose(math.sqrt(sum(update["squares"].values())), update["norm"],
+                                rel_tol=1e-4)
+        assert math.isclose(sum(found["summary"][layer]["shares"].values()), 1.0, rel_tol=1e-9)
+    softmax_groups = set(found["summary"]["softmax"]["shares"])
+    assert softmax_groups == {"body", "embeddings"}  # its word vectors are the embedding
+    mixtape_groups = set(found["summary"]["mixtape"]["shares"])
+    assert {"output: context", "output: shared_gate", "output: gate_hidden",
+            "output: gate_embed", "output: gate_bias"} <= mixtape_groups
