@@ -92,9 +92,10 @@ def parse_train_log(output: str) -> Dict:
     """Parameters, updates, training time and the last validation loss (base 2) in
     fairseq-train's output. The training time is the sum of fairseq's per-epoch ``train_wall``:
     its own clock of the training loop, without start-up, validation and checkpointing;
-    ``total_seconds`` is fairseq's "done training in" time; ``valid_ppl_curve`` the validation
-    perplexity after each epoch; ``mixture_entropy`` the last epoch's mean prior entropy (bits,
-    mixtures only). Keys whose value is not in the log are left out."""
+    ``total_seconds`` is fairseq's "done training in" time (the last process's alone, where a run
+    was resumed); ``valid_ppl_curve`` the validation perplexity after each epoch;
+    ``mixture_entropy`` the last epoch's mean prior entropy (bits, mixtures only). Keys whose
+    value is not in the log are left out."""
     def numbers(pattern: str) -> List[float]:
         return [float(found.replace(",", "")) for found in re.findall(pattern, output)]
 
