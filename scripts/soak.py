@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Soak test (not in CI): train a small Mixtape language model for many updates on real data (Penn
-Treebank), in reduced precision where available, then check that every logged loss stayed finite
-and that every saved checkpoint loads and evaluates to a finite perplexity.
+"""Soak test (a long run, not in CI; tests/test_soak.py runs it at toy size): train a small
+Mixtape language model for many updates on real data (Penn Treebank), in reduced precision where
+available, then check that every logged loss stayed finite, that checkpoints were saved, and that
+every saved checkpoint loads and evaluates to a finite perplexity.
 
     python scripts/soak.py --data-bin runs/ptb/data-bin --updates 10000      # CPU
     python scripts/soak.py --data-bin runs/ptb/data-bin --precision fp16     # on a GPU
@@ -51,7 +52,8 @@ def parse_args(argv=None):
     if not (args.data_bin / "dict.txt").is_file():
         parser.error(f"--data-bin: {args.data_bin} has no dict.txt (not binarized LM data)")
     if args.updates < args.save_every:
-        parser.error("--updates must be at least --save-every")
+        parser.error(f"--updates: got {args.updates}; allowed: at least --save-every "
+                     f"({args.save_every})")
     if args.precision is None:
         import torch
 
@@ -102,8 +104,12 @@ def main(argv=None) -> int:
     updates = re.findall(r"num_updates=(\d+)", output)
     check("updates", bool(updates) and (args.check_only or int(updates[-1]) == args.updates),
           f"{updates[-1] if updates else 0} of {args.updates}", failures)
-    checkpoints = (args.out / "checkpoints").glob("checkpoint_*_*.pt")
-    for checkpoint in sorted(checkpoints, key=lambda path: int(path.stem.rsplit("_", 1)[1])):
+    checkpoints = sorted((args.out / "checkpoints").glob("checkpoint_*_*.pt"),
+                         key=lambda path: int(path.stem.rsplit("_", 1)[1]))
+    check("checkpoints", bool(checkpoints), f"{len(checkpoints)} saved every {args.save_every} "
+          "updates" + ("" if checkpoints else " (fairseq saves none at the last update of an "
+                       "epoch: choose a --save-every that epochs do not end on)"), failures)
+    for checkpoint in checkpoints:
         try:
             result = run_tool("eval_lm", [
                 args.data_bin, "--path", checkpoint, "--user-dir", PACKAGE_DIR,
