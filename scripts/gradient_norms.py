@@ -63,10 +63,18 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=pathlib.Path, default=None,
                         help="write every update's group norms here")
+    parser.add_argument("--window", type=int, default=0,
+                        help="also a row for each run of this many updates (0: none)")
+    parser.add_argument("--from-json", type=pathlib.Path, default=None,
+                        help="no training: the table of the updates in an earlier --json file")
     parser.add_argument("--child", nargs=2, metavar=("LAYER", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     check_choices(parser, "--layers", args.layers, list(OUTPUT_VARIANTS))
     check_counts(parser, args, ["--updates"])
+    if args.window < 0:
+        parser.error(f"--window: got {args.window}; allowed: a whole number >= 0")
+    if args.from_json and not args.from_json.is_file():
+        parser.error(f"--from-json: no file {args.from_json}")
     return args
 
 
@@ -142,32 +150,39 @@ def measure(args, layer: str, work: pathlib.Path):
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def summary(updates):
-    """Median norm, the share of updates clipped, and each group's mean share of ||g||^2,
-    over all the updates and over their second half."""
-    def shares(part):
-        groups = sorted({g for u in part for g in u["squares"]})
-        return {g: statistics.fmean(u["squares"].get(g, 0.0) / sum(u["squares"].values())
-                                    for u in part) for g in groups}
+def summary(updates, first: int = 1):
+    """Over ``updates`` (numbered from ``first``): the median norm, the share of updates
+    clipped, and each group's mean share of ||g||^2."""
+    groups = sorted({g for u in updates for g in u["squares"]})
     norms = [u["norm"] for u in updates]
-    return {"median_norm": statistics.median(norms),
+    return {"updates": [first, first + len(updates) - 1],
+            "median_norm": statistics.median(norms),
             "clipped": sum(n > CLIP_NORM for n in norms) / len(norms),
-            "shares": shares(updates), "shares_second_half": shares(updates[len(updates) // 2:])}
+            "shares": {g: statistics.fmean(u["squares"].get(g, 0.0) / sum(u["squares"].values())
+                                           for u in updates) for g in groups}}
 
 
-def table(results, updates: int) -> str:
-    groups = sorted({g for r in results.values() for g in r["shares"]},
+def summaries(updates, window: int):
+    """All the updates, then (with ``window``) each run of ``window`` updates."""
+    windows = range(0, len(updates), window) if window else []
+    return [summary(updates)] + [summary(updates[start:start + window], start + 1)
+                                 for start in windows]
+
+
+def table(results) -> str:
+    groups = sorted({g for rows in results.values() for row in rows for g in row["shares"]},
                     key=lambda g: (g.startswith("output"), g))
-    lines = [f"Gradient norm before clipping over the first {updates} updates (clip norm "
-             f"{CLIP_NORM:g}); each group's mean share of ||g||^2, all updates (second half)",
-             "",
-             "| output layer | median norm | updates clipped | " + " | ".join(groups) + " |",
-             "|---|---:|---:|" + "---:|" * len(groups)]
-    for layer, r in results.items():
-        cells = [f"{100 * r['shares'].get(g, 0):.0f}% ({100 * r['shares_second_half'].get(g, 0):.0f}%)"
-                 if g in r["shares"] else "-" for g in groups]
-        lines.append(f"| {layer} | {r['median_norm']:.3f} | {100 * r['clipped']:.0f}% | "
-                     + " | ".join(cells) + " |")
+    lines = [f"Gradient norm before clipping (clip norm {CLIP_NORM:g}) and each group's mean "
+             "share of ||g||^2", "",
+             "| output layer | updates | median norm | clipped | " + " | ".join(groups) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(groups)]
+    for layer, rows in results.items():
+        for row in rows:
+            cells = [f"{100 * row['shares'][g]:.0f}%" if g in row["shares"] else "-"
+                     for g in groups]
+            lines.append(f"| {layer} | {row['updates'][0]}-{row['updates'][1]} | "
+                         f"{row['median_norm']:.3f} | {100 * row['clipped']:.0f}% | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -177,14 +192,17 @@ def main(argv=None):
         layer, out = args.child
         measure_in_this_process(train_command(args, layer), pathlib.Path(out))
         return
-    train_command(args, args.layers[0])  # the data is there, the flags parse: fail before work
-    results, raw = {}, {}
-    with tempfile.TemporaryDirectory() as work:
-        for layer in args.layers:
-            print(f"{layer}: {args.updates} updates ...", flush=True)
-            raw[layer] = measure(args, layer, pathlib.Path(work))
-            results[layer] = summary(raw[layer])
-    print(table(results, args.updates))
+    if args.from_json:
+        raw = json.loads(args.from_json.read_text())["updates"]
+    else:
+        train_command(args, args.layers[0])  # the data is there, the flags parse: fail first
+        raw = {}
+        with tempfile.TemporaryDirectory() as work:
+            for layer in args.layers:
+                print(f"{layer}: {args.updates} updates ...", flush=True)
+                raw[layer] = measure(args, layer, pathlib.Path(work))
+    results = {layer: summaries(updates, args.window) for layer, updates in raw.items()}
+    print(table(results))
     if args.json:
         args.json.write_text(json.dumps({"summary": results, "updates": raw}, indent=1) + "\n")
 

@@ -51,7 +51,7 @@ def test_groups_add_up_to_the_clipped_norm(tmp_path):
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     out = tmp_path / "norms.json"
     done = run(SCRIPT, "--experiment-args", experiment, "--layers", "softmax,mixtape",
-               "--updates", 3, "--json", out)
+               "--updates", 3, "--window", 2, "--json", out)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "| mixtape |" in done.stdout and "output: context" in done.stdout
     found = json.loads(out.read_text())
@@ -61,9 +61,15 @@ def test_groups_add_up_to_the_clipped_norm(tmp_path):
         for update in updates:
             assert math.isclose(math.sqrt(sum(update["squares"].values())), update["norm"],
                                 rel_tol=1e-4)
-        assert math.isclose(sum(found["summary"][layer]["shares"].values()), 1.0, rel_tol=1e-9)
-    softmax_groups = set(found["summary"]["softmax"]["shares"])
+        rows = found["summary"][layer]
+        assert [row["updates"] for row in rows] == [[1, 3], [1, 2], [3, 3]]
+        for row in rows:
+            assert math.isclose(sum(row["shares"].values()), 1.0, rel_tol=1e-9)
+        assert rows[2]["median_norm"] == updates[2]["norm"]
+    again = run(SCRIPT, "--from-json", out)  # the table again, from the saved updates alone
+    assert again.returncode == 0 and "| mixtape | 1-3 |" in again.stdout, again.stderr[-2000:]
+    softmax_groups = set(found["summary"]["softmax"][0]["shares"])
     assert softmax_groups == {"body", "embeddings"}  # its word vectors are the embedding
-    mixtape_groups = set(found["summary"]["mixtape"]["shares"])
+    mixtape_groups = set(found["summary"]["mixtape"][0]["shares"])
     assert {"output: context", "output: shared_gate", "output: gate_hidden",
             "output: gate_embed", "output: gate_bias"} <= mixtape_groups
