@@ -92,8 +92,8 @@ def train_command(args, layer: str):
     options = experiment.parse_args(shlex.split(args.experiment_args))
     data_bin = options.out / "data-bin"
     if not (data_bin / "train.bin").is_file() and not any(data_bin.glob("train.*.bin")):
-        sys.exit(f"--experiment-args: no prepared data in {data_bin}; run {EXPERIMENTS[args.experiment]}"
-                 f" --stages prepare (with the same --out) first")
+        sys.exit(f"--experiment-args: no prepared data in {data_bin}; run "
+                 f"{EXPERIMENTS[args.experiment]} --stages prepare (with the same --out) first")
     if args.experiment == "sweep":
         total = experiment.updates_per_epoch(options) * options.max_epochs
         run = types.SimpleNamespace(layer=layer, dim=options.dims[0])
