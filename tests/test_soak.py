@@ -48,7 +48,8 @@ def test_check_only_fails_on_a_non_finite_loss(data_bin, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--updates", "10", "--save-every", "100"], "--updates: got 10; allowed: at least --save-every (100)"),
+    (["--updates", "10", "--save-every", "100"],
+     "--updates: got 10; allowed: at least --save-every (100)"),
     (["--precision", "fp8"], "--precision: invalid choice: 'fp8'"),
 ])
 def test_bad_flags_refused(data_bin, argv, message, capsys):
