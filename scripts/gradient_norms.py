@@ -46,7 +46,6 @@ from fairseq_mixtape_tools.runner import PACKAGE_DIR  # noqa: E402
 
 EXPERIMENTS = {"sweep": "examples/language_model/bottleneck_sweep.py",
                "multi30k": "examples/translation/multi30k_experiment.py"}
-CLIP_NORM = 1.0  # both experiments' --clip-norm
 
 
 def parse_args(argv=None):
@@ -126,9 +125,12 @@ def measure_in_this_process(arguments, out_path: pathlib.Path) -> None:
         for name, parameter in self.model.named_parameters():
             if parameter.grad is not None:
                 squares[group_of(name)] += float(parameter.grad.detach().float().pow(2).sum())
-        norm = clip(self, clip_norm)
+        norm = clip(self, clip_norm)  # a tensor, as fairseq's train_step needs it
+        value = float(norm)
+        record = {"norm": value, "clip_norm": clip_norm, "clipped": 0 < clip_norm < value,
+                  "squares": squares}  # clipped: as fairseq counts its logged "clip"
         with open(out_path, "a") as out:
-            out.write(json.dumps({"norm": float(norm), "squares": squares}) + "\n")
+            out.write(json.dumps(record) + "\n")
         return norm
 
     trainer.Trainer.clip_grad_norm = clip_grad_norm
@@ -155,9 +157,9 @@ def summary(updates, first: int = 1):
     clipped, and each group's mean share of ||g||^2."""
     groups = sorted({g for u in updates for g in u["squares"]})
     norms = [u["norm"] for u in updates]
-    return {"updates": [first, first + len(updates) - 1],
+    return {"updates": [first, first + len(updates) - 1], "clip_norm": updates[0]["clip_norm"],
             "median_norm": statistics.median(norms),
-            "clipped": sum(n > CLIP_NORM for n in norms) / len(norms),
+            "clipped": statistics.fmean(u["clipped"] for u in updates),
             "shares": {g: statistics.fmean(u["squares"].get(g, 0.0) / sum(u["squares"].values())
                                            for u in updates) for g in groups}}
 
@@ -172,8 +174,9 @@ def summaries(updates, window: int):
 def table(results) -> str:
     groups = sorted({g for rows in results.values() for row in rows for g in row["shares"]},
                     key=lambda g: (g.startswith("output"), g))
-    lines = [f"Gradient norm before clipping (clip norm {CLIP_NORM:g}) and each group's mean "
-             "share of ||g||^2", "",
+    clip = sorted({f"{row['clip_norm']:g}" for rows in results.values() for row in rows})
+    lines = [f"Gradient norm before clipping (clip norm {', '.join(clip)}) and each group's "
+             "mean share of ||g||^2", "",
              "| output layer | updates | median norm | clipped | " + " | ".join(groups) + " |",
              "|---|---|---:|---:|" + "---:|" * len(groups)]
     for layer, rows in results.items():

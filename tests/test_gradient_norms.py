@@ -61,6 +61,7 @@ def test_groups_add_up_to_the_clipped_norm(tmp_path):
         for update in updates:
             assert math.isclose(math.sqrt(sum(update["squares"].values())), update["norm"],
                                 rel_tol=1e-4)
+            assert update["clip_norm"] == 1.0 and update["clipped"] == (update["norm"] > 1.0)
         rows = found["summary"][layer]
         assert [row["updates"] for row in rows] == [[1, 3], [1, 2], [3, 3]]
         for row in rows:
@@ -73,3 +74,8 @@ def test_groups_add_up_to_the_clipped_norm(tmp_path):
     mixtape_groups = set(found["summary"]["mixtape"][0]["shares"])
     assert {"output: context", "output: shared_gate", "output: gate_hidden",
             "output: gate_embed", "output: gate_bias"} <= mixtape_groups
+    unclipped = run(SCRIPT, "--experiment-args", experiment + " --clip-norm 0", "--layers",
+                    "softmax", "--updates", 2)  # the experiment's own --clip-norm is measured
+    assert unclipped.returncode == 0, unclipped.stderr[-2000:]
+    assert "(clip norm 0)" in unclipped.stdout and "| softmax | 1-2 |" in unclipped.stdout
+    assert "| 0% |" in unclipped.stdout

@@ -39,6 +39,7 @@ def test_plan_extra_seeds_at_the_smallest_width_and_mos_last(tmp_path):
     (["--lr", "-1"], "--lr: got -1.0; allowed: a number > 0"),
     (["--dims", "16,0"], "--dims: got 0; allowed: whole numbers >= 1"),
     (["--dropout", "1.5"], "--dropout: got 1.5; allowed: a probability in [0, 1)"),
+    (["--clip-norm", "-1"], "--clip-norm: got -1; allowed: a number >= 0 (0: no clipping)"),
     (["--stages", "train,plot"], "--stages: got 'plot'"),
 ])
 def test_bad_options_refused_before_any_work(argv, message, capsys, tmp_path):

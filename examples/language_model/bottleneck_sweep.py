@@ -93,6 +93,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=0.002, help="Adam's peak learning rate")
     parser.add_argument("--warmup-updates", type=int, default=200)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--clip-norm", type=float, default=1.0,
+                        help="the whole gradient's norm is clipped to this (0: not clipped)")
     parser.add_argument("--save-updates", type=int, default=500,
                         help="a mid-epoch checkpoint every N updates, to resume from")
     parser.add_argument("--rank-contexts", type=int, default=2000,
@@ -114,6 +116,9 @@ def check_args(parser, args):
         parser.error("--dims: got ''; allowed: at least one output width")
     check_positive(parser, args, ["--lr"])
     check_probability(parser, "--dropout", args.dropout)
+    if args.clip_norm < 0:
+        parser.error(f"--clip-norm: got {args.clip_norm:g}; allowed: a number >= 0 (0: no "
+                     "clipping)")
     if "prepare" in args.stages:
         args.corpus = {split: corpus_file(parser, args.data, split)
                        for split in ("train", "valid", "test")}
@@ -184,7 +189,8 @@ def train_arguments(args, run, total_updates):
         "--tokens-per-sample", args.tokens_per_sample, "--sample-break-mode", "none",
         "--batch-size", args.batch_size, "--required-batch-size-multiple", 1,
         "--max-epoch", args.max_epochs, "--max-update", total_updates,
-        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", args.lr, "--clip-norm", 1.0,
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", args.lr,
+        "--clip-norm", args.clip_norm,
         "--lr-scheduler", "polynomial_decay", "--warmup-updates", args.warmup_updates,
         "--total-num-update", total_updates, "--end-learning-rate", 0.0,
         "--log-interval", 100, "--log-format", "simple", "--no-epoch-checkpoints",
@@ -243,7 +249,9 @@ def write_table(args, runs, total_updates):
         f"{args.body_dim} (FFN {args.ffn_dim}), output projected to E and tied E-dim "
         f"embeddings; {args.max_epochs} epochs ({total_updates} updates of {args.batch_size} x "
         f"{args.tokens_per_sample} tokens), Adam lr {args.lr:g}, {args.warmup_updates} warm-up "
-        f"updates then linear decay to 0, dropout {args.dropout:g}; perplexity from "
+        f"updates then linear decay to 0, "
+        + (f"gradient norm clipped at {args.clip_norm:g}" if args.clip_norm else "no clipping")
+        + f", dropout {args.dropout:g}; perplexity from "
         f"fairseq-eval-lm on blocks of {args.tokens_per_sample} tokens (no extra context); "
         f"mean ± half the range over seeds where there are several.",
         "",
