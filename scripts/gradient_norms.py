@@ -11,11 +11,11 @@ With the parameters split into groups G, the gradient norm fairseq clips is
 and clipping scales every group by min(1, --clip-norm / ||g||): where an output layer's own
 parameters carry most of ||g||, the body's gradient is scaled down with them (under Adam, which
 divides each parameter's step by its running gradient scale, this reweights the updates over
-time rather than shrinking every step alike). Groups: ``embeddings`` (the
-token embedding, tied with the output layer's word vectors w_x), ``body`` (every other parameter
-outside the output layer) and ``output: NAME`` for each parameter of the output layer (Mixtape:
-``context`` (H_k, e_k), ``shared_gate`` (u_j), ``gate_hidden`` (U_j, a_j), ``gate_embed`` (v_x),
-``gate_bias`` (b_x,j)).
+time rather than shrinking every step alike). Groups: ``embeddings`` (the token embedding, tied
+with the output layer's word vectors w_x), ``body`` (every other parameter outside the output
+layer) and ``output: NAME`` for each parameter of the output layer (Mixtape: ``context`` (H_k,
+e_k), ``shared_gate`` (u_j), ``gate_hidden`` (U_j, a_j), ``gate_embed`` (v_x), ``gate_bias``
+(b_x,j)).
 
     python scripts/gradient_norms.py --experiment sweep --experiment-args '--dims 16'
     python scripts/gradient_norms.py --experiment multi30k --updates 300
