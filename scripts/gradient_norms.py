@@ -88,7 +88,8 @@ def train_command(args, layer: str):
     """The experiment's fairseq-train arguments for ``layer``, stopped after --updates updates
     (its schedule unchanged: the sweep's decay still spans its whole run), saving nothing."""
     experiment = load_experiment(args.experiment)
-    options = experiment.parse_args(shlex.split(args.experiment_args))
+    # --stages train: the experiment checks no raw corpus, only its prepared data-bin is used
+    options = experiment.parse_args([*shlex.split(args.experiment_args), "--stages", "train"])
     data_bin = options.out / "data-bin"
     if not (data_bin / "train.bin").is_file() and not any(data_bin.glob("train.*.bin")):
         sys.exit(f"--experiment-args: no prepared data in {data_bin}; run "

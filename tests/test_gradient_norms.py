@@ -26,7 +26,8 @@ def run(*argv, timeout=600):
 
 
 def test_unprepared_experiment_refused(tmp_path):
-    done = run(SCRIPT, "--experiment-args", f"--out {tmp_path / 'nothing'}")
+    done = run(SCRIPT, "--experiment-args",  # no raw corpus either: only data-bin is read
+               f"--data {tmp_path / 'no-corpus'} --out {tmp_path / 'nothing'}")
     assert done.returncode != 0
     assert "--experiment-args: no prepared data in" in done.stderr
     assert "--stages prepare" in done.stderr
