@@ -7,6 +7,7 @@ A run directory holds ``train.log`` (fairseq's output), ``checkpoint_last.pt`` a
 """
 
 import concurrent.futures
+import importlib.util
 import json
 import math
 import pathlib
@@ -15,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .runner import PACKAGE_DIR, parse_train_log, run_tool, train_progress_printer
 
-__all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "plan_runs", "run_in_parallel", "seconds_per_epoch", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
+__all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "load_script", "plan_runs", "run_in_parallel", "seconds_per_epoch", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results"]
 
 
@@ -70,6 +71,15 @@ class Run:
                  log, train_progress_printer(f"{self.layer} s{self.seed}", total_updates),
                  threads=threads, append=True)
         return parse_train_log(log.read_text())  # every attempt: a resumed run's log continues
+
+
+def load_script(path: pathlib.Path):
+    """An experiment script (``examples/*/*.py``) imported as a module from its file, for its
+    ``parse_args`` and ``train_arguments``."""
+    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def plan_runs(root: pathlib.Path, layers: Sequence[str], seeds: Sequence[int],

@@ -25,7 +25,6 @@ in --experiment-args, as that script takes them.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -41,7 +40,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
 from fairseq_mixtape_tools.arguments import check_choices, check_counts, comma_list  # noqa: E402
-from fairseq_mixtape_tools.experiments import OUTPUT_VARIANTS  # noqa: E402
+from fairseq_mixtape_tools.experiments import OUTPUT_VARIANTS, load_script  # noqa: E402
 from fairseq_mixtape_tools.runner import PACKAGE_DIR  # noqa: E402
 
 EXPERIMENTS = {"sweep": "examples/language_model/bottleneck_sweep.py",
@@ -77,17 +76,10 @@ def parse_args(argv=None):
     return args
 
 
-def load_experiment(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / EXPERIMENTS[name])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def train_command(args, layer: str):
     """The experiment's fairseq-train arguments for ``layer``, stopped after --updates updates
     (its schedule unchanged: the sweep's decay still spans its whole run), saving nothing."""
-    experiment = load_experiment(args.experiment)
+    experiment = load_script(REPO / EXPERIMENTS[args.experiment])
     # --stages train: the experiment checks no raw corpus, only its prepared data-bin is used
     options = experiment.parse_args([*shlex.split(args.experiment_args), "--stages", "train"])
     data_bin = options.out / "data-bin"

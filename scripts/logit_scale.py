@@ -17,7 +17,6 @@ and examples/translation/multi30k_experiment.py with their default flags;
 """
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 REPO = Path(__file__).resolve().parents[1]
 
 from fairseq_mixtape_tools.building import dictionary_of, model_builder  # noqa: E402
+from fairseq_mixtape_tools.experiments import load_script  # noqa: E402
 
 PRESETS = {  # name: (vocabulary size, fairseq-train arguments)
     "transformer_wmt_en_de": (32000, ["--task", "translation", "--arch",
@@ -51,9 +51,7 @@ def network_arguments(name: str):
         vocab, argv = PRESETS[name]
         return vocab, ["unused-data", *argv]
     vocab, script = EXPERIMENTS[name]
-    spec = importlib.util.spec_from_file_location(Path(script).stem, REPO / script)
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
+    experiment = load_script(REPO / script)
     return vocab, [str(a) for a in experiment.train_arguments(experiment.parse_args([]), "softmax")]
 
 

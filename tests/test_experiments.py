@@ -2,7 +2,6 @@
 tiny models): every stage runs, the tables are written, a rerun skips finished steps, and the
 measured ranks sit where they must (softmax at most d + 1, Mixtape above)."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -10,7 +9,8 @@ import sys
 
 import pytest
 
-from fairseq_mixtape_tools.experiments import format_mean, mean_and_spread, parse_train_log, seeds_text
+from fairseq_mixtape_tools.experiments import (
+    format_mean, load_script, mean_and_spread, parse_train_log, seeds_text)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 D = 16
@@ -109,16 +109,9 @@ def test_table_caption_names_mos_seeds_only_where_mos_ran():
     assert seeds_text([1, 2], [1], ["softmax", "mixtape"]) == "seeds 1, 2"
 
 
-def load_script(relative):
-    spec = importlib.util.spec_from_file_location(pathlib.Path(relative).stem, REPO / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def ptb():
-    return load_script("examples/language_model/ptb_experiment.py")
+    return load_script(REPO / "examples/language_model/ptb_experiment.py")
 
 
 def ptb_refusal(ptb, capsys, argv):
@@ -178,7 +171,7 @@ def test_ptb_experiment_refuses_missing_data(ptb, capsys, tmp_path):
 def test_multi30k_lenpen_tuning_widens_and_rescores(tmp_path, monkeypatch, capsys):
     """A wider --lenpens scores only the new penalties on the validation set; a run scored with
     a penalty that is no longer the best is generated again, one that still is is kept."""
-    m30k = load_script("examples/translation/multi30k_experiment.py")
+    m30k = load_script(REPO / "examples/translation/multi30k_experiment.py")
     from fairseq_mixtape_tools.experiments import Run
     runs = [Run(tmp_path / "runs", "softmax", 1), Run(tmp_path / "runs", "mixtape", 1)]
     runs[0].dir.mkdir(parents=True)

@@ -1,7 +1,6 @@
 """The output-width sweep (examples/language_model/bottleneck_sweep.py): its run plan, its
 up-front errors, and every stage end to end at toy size on real text."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -9,11 +8,11 @@ import sys
 
 import pytest
 
+from fairseq_mixtape_tools.experiments import load_script
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples/language_model/bottleneck_sweep.py"
-spec = importlib.util.spec_from_file_location("bottleneck_sweep", SCRIPT)
-sweep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep)
+sweep = load_script(SCRIPT)
 
 
 def names(runs):
