@@ -65,7 +65,8 @@ def parse_args(argv=None):
                         help="also a row for each run of this many updates (0: none)")
     parser.add_argument("--from-json", type=pathlib.Path, default=None,
                         help="no training: the table of the updates in an earlier --json file")
-    parser.add_argument("--child", nargs=2, metavar=("LAYER", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("COMMAND_JSON", "OUT"),
+                        help=argparse.SUPPRESS)  # the measuring process, started by measure
     args = parser.parse_args(argv)
     check_choices(parser, "--layers", args.layers, list(OUTPUT_VARIANTS))
     check_counts(parser, args, ["--updates"])
@@ -76,9 +77,10 @@ def parse_args(argv=None):
     return args
 
 
-def train_command(args, layer: str):
-    """The experiment's fairseq-train arguments for ``layer``, stopped after --updates updates
-    (its schedule unchanged: the sweep's decay still spans its whole run), saving nothing."""
+def train_commands(args):
+    """Each of --layers' fairseq-train arguments: the experiment's, stopped after --updates
+    updates (its schedule unchanged: the sweep's decay still spans its whole run), saving
+    nothing. Exits first where the experiment's data is not prepared."""
     experiment = load_script(REPO / EXPERIMENTS[args.experiment])
     # --stages train: the experiment checks no raw corpus, only its prepared data-bin is used
     options = experiment.parse_args([*shlex.split(args.experiment_args), "--stages", "train"])
@@ -88,13 +90,15 @@ def train_command(args, layer: str):
                  f"{EXPERIMENTS[args.experiment]} --stages prepare (with the same --out) first")
     if args.experiment == "sweep":
         total = experiment.updates_per_epoch(options) * options.max_epochs
-        run = types.SimpleNamespace(layer=layer, dim=options.dims[0])
-        arguments = experiment.train_arguments(options, run, total)
+        commands = {layer: experiment.train_arguments(
+            options, types.SimpleNamespace(layer=layer, dim=options.dims[0]), total)
+            for layer in args.layers}
     else:
-        arguments = experiment.train_arguments(options, layer)
-    return [str(a) for a in arguments] + [
+        commands = {layer: experiment.train_arguments(options, layer) for layer in args.layers}
+    return {layer: [str(a) for a in arguments] + [
         "--user-dir", str(PACKAGE_DIR), "--seed", str(args.seed), "--max-update", str(args.updates),
         "--no-save", "--disable-validation", "--log-interval", str(args.updates)]
+        for layer, arguments in commands.items()}
 
 
 def group_of(name: str) -> str:
@@ -131,14 +135,13 @@ def measure_in_this_process(arguments, out_path: pathlib.Path) -> None:
     train.cli_main()
 
 
-def measure(args, layer: str, work: pathlib.Path):
+def measure(layer: str, arguments, work: pathlib.Path):
     """One layer's updates, measured in a fresh process (one torch thread, as the experiments)."""
-    out = work / f"{layer}.jsonl"
+    command_path, out = work / f"{layer}.command.json", work / f"{layer}.jsonl"
+    command_path.write_text(json.dumps(arguments))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    command = [sys.executable, __file__, "--experiment", args.experiment, "--experiment-args",
-               args.experiment_args, "--updates", str(args.updates), "--seed", str(args.seed),
-               "--child", layer, str(out)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, "--child", str(command_path), str(out)],
+                          env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"fairseq-train with --output-layer variant {layer} failed:\n"
                  + "\n".join(done.stdout.splitlines()[-15:] + done.stderr.splitlines()[-15:]))
@@ -185,18 +188,17 @@ def table(results) -> str:
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
-        layer, out = args.child
-        measure_in_this_process(train_command(args, layer), pathlib.Path(out))
+        command_path, out = map(pathlib.Path, args.child)
+        measure_in_this_process(json.loads(command_path.read_text()), out)
         return
     if args.from_json:
         raw = json.loads(args.from_json.read_text())["updates"]
     else:
-        train_command(args, args.layers[0])  # the data is there, the flags parse: fail first
-        raw = {}
+        commands, raw = train_commands(args), {}
         with tempfile.TemporaryDirectory() as work:
-            for layer in args.layers:
+            for layer, arguments in commands.items():
                 print(f"{layer}: {args.updates} updates ...", flush=True)
-                raw[layer] = measure(args, layer, pathlib.Path(work))
+                raw[layer] = measure(layer, arguments, pathlib.Path(work))
     results = {layer: summaries(updates, args.window) for layer, updates in raw.items()}
     print(table(results))
     if args.json:
