@@ -72,8 +72,14 @@ def parse_args(argv=None):
     check_counts(parser, args, ["--updates"])
     if args.window < 0:
         parser.error(f"--window: got {args.window}; allowed: a whole number >= 0")
-    if args.from_json and not args.from_json.is_file():
-        parser.error(f"--from-json: no file {args.from_json}")
+    if args.from_json:
+        if not args.from_json.is_file():
+            parser.error(f"--from-json: no file {args.from_json}")
+        try:
+            args.saved = json.loads(args.from_json.read_text())["updates"]
+        except (ValueError, KeyError, TypeError):
+            parser.error(f"--from-json: {args.from_json} is not a --json file of this script "
+                         "(JSON with every layer's 'updates')")
     return args
 
 
@@ -192,7 +198,7 @@ def main(argv=None):
         measure_in_this_process(json.loads(command_path.read_text()), out)
         return
     if args.from_json:
-        raw = json.loads(args.from_json.read_text())["updates"]
+        raw = args.saved
     else:
         commands, raw = train_commands(args), {}
         with tempfile.TemporaryDirectory() as work:

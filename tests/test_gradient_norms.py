@@ -33,13 +33,18 @@ def test_unprepared_experiment_refused(tmp_path):
     assert "--stages prepare" in done.stderr
 
 
-def test_bad_layer_refused(capsys):
+def test_bad_flags_refused(capsys, tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
     import gradient_norms
 
     with pytest.raises(SystemExit):
         gradient_norms.parse_args(["--layers", "softmax,mixture"])
     assert "--layers: got 'mixture'; allowed: softmax, mixtape" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text('{"softmax": [1, 2]}')
+    with pytest.raises(SystemExit):
+        gradient_norms.parse_args(["--from-json", str(other)])
+    assert f"--from-json: {other} is not a --json file of this script" in capsys.readouterr().err
 
 
 @pytest.mark.slow
