@@ -12,8 +12,10 @@ default the plugin sets c at build time so that the spreads match; this prints h
     python scripts/logit_scale.py --check                # exit 1 if a ratio is outside the range
 
 Networks: ``ptb`` and ``multi30k`` are the models of examples/language_model/ptb_experiment.py
-and examples/translation/multi30k_experiment.py with their default flags;
-``transformer_wmt_en_de`` (all embeddings shared) and ``transformer_lm`` are fairseq's presets.
+and examples/translation/multi30k_experiment.py with their default flags; ``sweep_E16`` ...
+``sweep_E128`` the model of examples/language_model/bottleneck_sweep.py at output width E (not
+run by default: ``--networks sweep_E16,sweep_E128``); ``transformer_wmt_en_de`` (all embeddings
+shared) and ``transformer_lm`` are fairseq's presets.
 """
 
 import argparse
@@ -27,6 +29,7 @@ from fairseq.tasks.translation import TranslationTask
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 REPO = Path(__file__).resolve().parents[1]
 
+from fairseq_mixtape_tools.arguments import check_choices  # noqa: E402
 from fairseq_mixtape_tools.building import dictionary_of, model_builder  # noqa: E402
 from fairseq_mixtape_tools.experiments import load_script  # noqa: E402
 
@@ -40,6 +43,9 @@ EXPERIMENTS = {  # name: (vocabulary size, the script whose default model it is)
     "ptb": (10000, "examples/language_model/ptb_experiment.py"),
     "multi30k": (8000, "examples/translation/multi30k_experiment.py"),
 }
+SWEEP = (10000, "examples/language_model/bottleneck_sweep.py")  # the network at each width E
+SWEEP_NETWORKS = {f"sweep_E{dim}": dim for dim in (16, 32, 64, 128)}
+NETWORKS = [*EXPERIMENTS, *PRESETS, *SWEEP_NETWORKS]
 LAYERS = [("mixtape", 1), ("mixtape", 4), ("mixtape", 16), ("mos", 1), ("mos", 4), ("mos", 15),
           ("mos_sigsoftmax", 1), ("mos_sigsoftmax", 4), ("mos_sigsoftmax", 15)]
 ALLOWED = (0.75, 1.33)
@@ -50,6 +56,13 @@ def network_arguments(name: str):
     if name in PRESETS:
         vocab, argv = PRESETS[name]
         return vocab, ["unused-data", *argv]
+    if name in SWEEP_NETWORKS:
+        vocab, script = SWEEP
+        sweep = load_script(REPO / script)
+        run = sweep.Run(Path("unused"), "softmax", 1)
+        run.dim = SWEEP_NETWORKS[name]
+        argv = sweep.train_arguments(sweep.parse_args(["--stages", "train"]), run, 1)
+        return vocab, [str(a) for a in argv]
     vocab, script = EXPERIMENTS[name]
     experiment = load_script(REPO / script)
     return vocab, [str(a) for a in experiment.train_arguments(experiment.parse_args([]), "softmax")]
@@ -72,7 +85,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--networks", default=",".join([*EXPERIMENTS, *PRESETS]),
-                        help=f"comma-separated, from {', '.join([*EXPERIMENTS, *PRESETS])}")
+                        help=f"comma-separated, from {', '.join(NETWORKS)} (default: the first "
+                             "four)")
     parser.add_argument("--context-scale", type=float, default=None,
                         help="--output-context-scale of the mixtures (default: the plugin's, "
                              "matched to softmax; 1 = the papers)")
@@ -81,9 +95,7 @@ def main(argv=None) -> int:
                         help=f"exit 1 unless every ratio lies in [{ALLOWED[0]}, {ALLOWED[1]}]")
     args = parser.parse_args(argv)
     networks = args.networks.split(",")
-    unknown = [n for n in networks if n not in {**EXPERIMENTS, **PRESETS}]
-    if unknown:
-        parser.error(f"--networks: unknown {unknown}; allowed: {', '.join([*EXPERIMENTS, *PRESETS])}")
+    check_choices(parser, "--networks", networks, NETWORKS)
     outside = []
     print(f"{'network':<22} {'layer':<15} {'K':>3} {'scale c':>8} {'spread':>7} {'/ softmax':>9}")
     for network in networks:
