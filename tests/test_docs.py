@@ -140,6 +140,62 @@ def test_markers_and_languages(path):
     assert not problems, "\n".join(problems)
 
 
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+LINKED_DOCS = DOCS + [REPO / "RESULTS.md"]
+
+
+def heading_anchors(path: Path) -> set:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation other than
+    '-' and '_' dropped, spaces to '-' (a repeated heading gets -1, -2, ...); fenced code left
+    out."""
+    anchors, seen, fenced = set(), {}, False
+    for line in path.read_text().splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading and not fenced:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+            anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def broken_links(path: Path, root: Path = REPO) -> List[str]:
+    """The relative links of a Markdown file whose file or heading anchor does not exist (the
+    file named from ``root``)."""
+    problems = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for match in LINK.finditer(line):
+            target = match.group("target")
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            name, _, anchor = target.partition("#")
+            linked = (path.parent / name).resolve() if name else path
+            where = f"{path.relative_to(root)}:{number}: {target}"
+            if not linked.exists():
+                problems.append(f"{where}: no file {linked}")
+            elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+                problems.append(f"{where}: no heading with anchor #{anchor} in {linked.name}")
+    return problems
+
+
+@pytest.mark.parametrize("path", LINKED_DOCS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_relative_links_resolve(path):
+    """Every relative link names a file of the repository and, with #anchor, one of its
+    headings (so that renaming a heading or moving a file cannot leave a dead link)."""
+    problems = broken_links(path)
+    assert not problems, "\n".join(problems)
+
+
+def test_link_check_finds_a_dead_anchor_and_file(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# A heading: here (2 of 3)\n\n[ok](#a-heading-here-2-of-3) [bad](#a-heading) "
+                    "[gone](missing.md) [web](https://example.org/x)\n")
+    problems = [p.split(": ", 2)[2] for p in broken_links(page, tmp_path)]
+    assert problems == ["no heading with anchor #a-heading in page.md",
+                        f"no file {tmp_path / 'missing.md'}"]
+
+
 def script_of(blocks: List[Block], tmp: Path, shared: Optional[Path]) -> str:
     """The bash session that runs a file's blocks in order; each announces itself on stderr."""
     out = ["set -euo pipefail"]
