@@ -161,8 +161,8 @@ def heading_anchors(path: Path) -> set:
 
 
 def broken_links(path: Path, root: Path = REPO) -> List[str]:
-    """The relative links of a Markdown file whose file or heading anchor does not exist (the
-    file named from ``root``)."""
+    """The relative links of a Markdown file whose file or heading anchor does not exist, each
+    as 'FILE:LINE: TARGET: why', FILE relative to ``root``."""
     problems = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         for match in LINK.finditer(line):
