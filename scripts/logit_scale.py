@@ -20,6 +20,7 @@ shared) and ``transformer_lm`` are fairseq's presets.
 
 import argparse
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -59,8 +60,7 @@ def network_arguments(name: str):
     if name in SWEEP_NETWORKS:
         vocab, script = SWEEP
         sweep = load_script(REPO / script)
-        run = sweep.Run(Path("unused"), "softmax", 1)
-        run.dim = SWEEP_NETWORKS[name]
+        run = types.SimpleNamespace(layer="softmax", dim=SWEEP_NETWORKS[name])  # as gradient_norms
         argv = sweep.train_arguments(sweep.parse_args(["--stages", "train"]), run, 1)
         return vocab, [str(a) for a in argv]
     vocab, script = EXPERIMENTS[name]
