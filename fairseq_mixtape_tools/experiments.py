@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 from .runner import PACKAGE_DIR, parse_train_log, run_tool, train_progress_printer
 
 __all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "load_script", "plan_runs", "run_in_parallel", "seconds_per_epoch", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
-           "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results"]
+           "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results",
+           "restore_finished"]
 
 
 # The output layers the experiments compare, by name: their fairseq-train flags.
@@ -37,8 +38,9 @@ OUTPUT_VARIANTS = {
 class Run:
     """One (output layer, seed) training run and what was measured about it."""
 
-    def __init__(self, root: pathlib.Path, layer: str, seed: int):
+    def __init__(self, root: pathlib.Path, layer: str, seed: int, name: str = ""):
         self.layer, self.seed = layer, seed
+        self.name = name or f"{layer}_seed{seed}"  # its key in the results JSON
         self.dir = root / f"{layer}_seed{seed}"
         self.result_path = self.dir / "result.json"
         self.result: Dict = (json.loads(self.result_path.read_text())
@@ -106,6 +108,24 @@ def evaluate_lm(run: Run, data_bin: pathlib.Path, subset: str, tokens_per_sample
         for a, b in [line.split("Loss (base 2): ")[1].split(", Perplexity: ")]
         if "Loss (base 2): " in line)
     return {f"{subset}_loss_base2": loss, f"{subset}_ppl": perplexity}
+
+
+def restore_finished(runs: Sequence[Run], results_json: pathlib.Path,
+                     last_key: str = "rank") -> None:
+    """Runs whose folder is gone (a fresh work tree) but whose numbers ``results_json`` (the
+    script's committed results) holds up to its last step, ``last_key``: their result.json is
+    written back from it, so that a rerun skips them instead of training them again. A run the
+    file holds only in part, or not at all, is trained from the start (its checkpoints are gone)."""
+    if not results_json.is_file():
+        return
+    saved = json.loads(results_json.read_text())
+    for run in runs:
+        entry = saved.get(run.name, {})
+        if run.dir.exists() or last_key not in entry:
+            continue
+        run.record(**entry)
+        print(f"    {run.name}: finished earlier, restored from {results_json} (its run folder "
+              "was gone)", flush=True)
 
 
 def run_in_parallel(runs: Sequence[Run], execute: Callable[[Run], None], jobs: int) -> List[str]:
@@ -219,7 +239,7 @@ def write_results(runs: Sequence[Run], lines: Sequence[str], results_dir: pathli
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     (results_dir / f"{name}.json").write_text(json.dumps(
-        {f"{r.layer}_seed{r.seed}": r.result for r in runs}, indent=1, sort_keys=True) + "\n")
+        {r.name: r.result for r in runs}, indent=1, sort_keys=True) + "\n")
     plot_run_spectra([r for r in runs if r.seed == plot_seed],
                      results_dir / f"{name}_spectra.png", plot_title)
     print("\n".join(lines), flush=True)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fairseq_mixtape_tools.experiments import (
-    format_mean, load_script, mean_and_spread, parse_train_log, seeds_text)
+    Run, format_mean, load_script, mean_and_spread, parse_train_log, restore_finished, seeds_text)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 D = 16
@@ -102,6 +102,42 @@ done training in 70.5 seconds"""
     assert mean_and_spread([1.0, 3.0]) == (2.0, 1.0) and mean_and_spread([]) is None
     assert format_mean([1.0, 3.0]) == "2.00 ± 1.00" and format_mean([2.5]) == "2.50"
     assert format_mean([]) == "-"
+
+
+def test_restore_finished_takes_only_finished_runs_whose_folder_is_gone(tmp_path, capsys):
+    """A run finished up to its last step and missing from the work tree is written back from
+    the results JSON; a run held only in part, and a run whose folder exists, are left alone."""
+    results = tmp_path / "results.json"
+    finished = {"train_seconds": 10, "test_ppl": 120.0, "rank": {"numerical_rank": 17}}
+    results.write_text(json.dumps({"softmax_seed1": finished, "mixtape_seed1": {},
+                                   "control_seed1": {"train_seconds": 5},
+                                   "mos_seed1": finished}))
+    root = tmp_path / "runs"
+    runs = [Run(root, layer, 1) for layer in ("softmax", "mixtape", "control", "mos")]
+    runs[3].dir.mkdir(parents=True)  # a run in progress: its checkpoints are what count
+    restore_finished(runs, results)
+    assert runs[0].result == finished
+    assert json.loads((root / "softmax_seed1" / "result.json").read_text()) == finished
+    assert [r.result for r in runs[1:]] == [{}, {}, {}]
+    assert not (root / "control_seed1").exists()
+    assert capsys.readouterr().out.count("restored from") == 1
+    computed = []
+    runs[0].step("train_seconds", lambda: computed.append(1) or {}, "fairseq-train")
+    assert computed == []  # a restored run is not trained again
+    restore_finished(runs, tmp_path / "missing.json")  # no results yet: nothing to restore
+
+
+def test_multi30k_restore_takes_the_published_length_penalty(tmp_path):
+    m30k = load_script(REPO / "examples/translation/multi30k_experiment.py")
+    args = type("Args", (), {"out": tmp_path / "out", "results_dir": tmp_path / "results"})()
+    args.results_dir.mkdir()
+    tuning = {"lenpen": 2.2, "valid_bleu": {"1.0": 37.0, "2.2": 38.0}, "run": "softmax_seed1"}
+    m30k.published_tuning_path(args).write_text(json.dumps(tuning))
+    m30k.restore(args, [])
+    assert m30k.recorded_lenpen(args) == 2.2 and m30k.read_tuning(args) == tuning
+    m30k.published_tuning_path(args).write_text(json.dumps({**tuning, "lenpen": 1.0}))
+    m30k.restore(args, [])
+    assert m30k.recorded_lenpen(args) == 2.2  # the work folder's own tuning is kept
 
 
 def test_table_caption_names_mos_seeds_only_where_mos_ran():

@@ -93,3 +93,16 @@ def test_sweep_smoke(shared_data, tmp_path):
     rerun = subprocess.run([*argv, "--stages", "train,eval,rank,table"], capture_output=True,
                            text=True, timeout=600)
     assert rerun.returncode == 0 and rerun.stdout.count("done already") == 9 * 4
+
+    # a fresh work tree: the run folders are gone, the results JSON is kept
+    import shutil
+    shutil.rmtree(tmp_path / "out" / "runs")
+    restored = subprocess.run([*argv, "--stages", "train,eval,rank,table", "--restore"],
+                              capture_output=True, text=True, timeout=600)
+    assert restored.returncode == 0, (restored.stdout + restored.stderr)[-3000:]
+    assert restored.stdout.count("restored from") == 9
+    steps = [line for line in restored.stdout.splitlines() if ": E = " in line]
+    assert len(steps) == 9 and all(line.endswith("fairseq-train (2 epochs, "
+                                                 f"{runs['E8_softmax_seed1']['updates']} "
+                                                 "updates): done already") for line in steps)
+    assert json.loads((tmp_path / "results/sweep.json").read_text()) == runs

@@ -18,7 +18,8 @@ the layers compared at each E:
 
 Every run: --max-epochs epochs, Adam with linear warm-up and linear decay to 0 at the last update,
 validation every epoch, checkpoints every epoch and every --save-updates updates (a rerun resumes
-unfinished runs from them and skips finished steps). Then fairseq-eval-lm on valid and test
+unfinished runs from them and skips finished steps; with --restore, a fresh work tree takes the
+finished runs from the committed sweep.json). Then fairseq-eval-lm on valid and test
 (blocks of --tokens-per-sample tokens, no context beyond the block), the numerical and
 eps-effective ranks of the test log-probability matrix, and the results: OUT_RESULTS/sweep.{md,json},
 sweep_ppl.png (test perplexity against E), sweep_relative.png (relative to softmax) and
@@ -44,7 +45,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     OUTPUT_VARIANTS, Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell,
-    run_in_parallel, seconds_per_epoch, seeds_cell, values_of)
+    restore_finished, run_in_parallel, seconds_per_epoch, seeds_cell, values_of)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import run_tool, stop_tools_on_terminate  # noqa: E402
@@ -83,6 +84,10 @@ def parse_args(argv=None):
     parser.add_argument("--stages", type=comma_list(str), default=list(STAGES),
                         help=f"steps to run, from {', '.join(STAGES)}")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    parser.add_argument("--restore", action="store_true",
+                        help="a run whose folder is missing (a fresh work tree) but whose "
+                             "finished numbers RESULTS_DIR/sweep.json holds is taken from it, "
+                             "not trained again (that file must come from the same settings)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--max-epochs", type=int, default=6, help="epochs of every run")
     parser.add_argument("--body-dim", type=int, default=128, help="width of the Transformer")
@@ -150,7 +155,8 @@ def plan(args):
                             or (extra and (variant not in EXTRA_SEED_VARIANTS
                                            or dim != min(args.dims)))):
                         continue
-                    run = Run(args.out / "runs" / f"E{dim}", variant, seed)
+                    run = Run(args.out / "runs" / f"E{dim}", variant, seed,
+                              name=f"E{dim}_{variant}_seed{seed}")
                     run.dim = dim
                     runs.append(run)
     return runs
@@ -276,7 +282,7 @@ def write_table(args, runs, total_updates):
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "sweep.md").write_text("\n".join(lines) + "\n")
     (args.results_dir / "sweep.json").write_text(json.dumps(
-        {f"E{r.dim}_{r.layer}_seed{r.seed}": r.result for r in runs}, indent=1,
+        {r.name: r.result for r in runs}, indent=1,
         sort_keys=True) + "\n")
     plot(args, by_cell)
     plot_curves(args, by_cell)
@@ -359,6 +365,8 @@ def main(argv=None):
         prepare(args)
     total_updates = updates_per_epoch(args) * args.max_epochs
     runs = plan(args)
+    if args.restore:
+        restore_finished(runs, args.results_dir / "sweep.json")
     print(f"{len(runs)} runs, {total_updates} updates each, {args.jobs} at a time", flush=True)
     failures = run_in_parallel(runs, lambda run: execute(args, run, total_updates), args.jobs)
     if "table" in args.stages:

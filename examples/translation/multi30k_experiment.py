@@ -19,7 +19,9 @@ resumes from its last checkpoint):
            every --test-sets NAME (NAME.en/NAME.de in --data), sentencepiece removed, scored
            against the raw reference with sacrebleu (13a): one BLEU line per test set
   rank     the log-probability matrix of the averaged model on test (fairseq_mixtape_tools.bottleneck)
-  table    RESULTS_DIR/multi30k.md (mean and spread over seeds) and multi30k.json
+  table    RESULTS_DIR/multi30k.md (mean and spread over seeds), multi30k.json and the length
+           penalty tuning, multi30k_lenpen.json (--restore takes finished runs and the tuning
+           back from these two files where a fresh work tree lacks them)
 
 Everything runs through fairseq's command-line tools with --user-dir fairseq_mixtape, one torch
 thread per process by default; --jobs runs several trainings at once. The default run (softmax
@@ -46,8 +48,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # run from
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
-    OUTPUT_VARIANTS, Run, format_mean, measure_rank, rank_cell, run_in_parallel, scale_text,
-    seconds_per_epoch, seeds_cell, values_of, write_results)
+    OUTPUT_VARIANTS, Run, format_mean, measure_rank, rank_cell, restore_finished, run_in_parallel,
+    scale_text, seconds_per_epoch, seeds_cell, values_of, write_results)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_data_dir, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import (  # noqa: E402
@@ -84,6 +86,12 @@ def parse_args(argv=None):
     parser.add_argument("--stages", type=comma_list(str), default=list(STAGES),
                         help=f"steps to run, from {', '.join(STAGES)}")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    parser.add_argument("--restore", action="store_true",
+                        help="a run whose folder is missing (a fresh work tree) but whose "
+                             "finished numbers RESULTS_DIR/multi30k.json holds is taken from it, "
+                             "not trained again, and the length penalty from "
+                             "multi30k_lenpen.json (those files must come from the same "
+                             "settings)")
     parser.add_argument("--vocab-size", type=int, default=8000,
                         help="joint sentencepiece BPE vocabulary")
     parser.add_argument("--dim", type=int, default=128, help="d: embeddings and model width")
@@ -368,6 +376,20 @@ def tuning_path(args) -> pathlib.Path:
     return args.out / "lenpen.json"
 
 
+def published_tuning_path(args) -> pathlib.Path:
+    return args.results_dir / "multi30k_lenpen.json"
+
+
+def restore(args, runs):
+    """--restore: finished runs from RESULTS_DIR/multi30k.json, and OUT/lenpen.json from
+    RESULTS_DIR/multi30k_lenpen.json, where the work folder lacks them."""
+    restore_finished(runs, args.results_dir / "multi30k.json")
+    if not tuning_path(args).is_file() and published_tuning_path(args).is_file():
+        tuning_path(args).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(published_tuning_path(args), tuning_path(args))
+        print(f"    tune: restored from {published_tuning_path(args)}", flush=True)
+
+
 def read_tuning(args):
     """OUT/lenpen.json: the chosen ``lenpen``, each tried penalty's ``valid_bleu`` and the
     ``run`` they were scored with; None before the first tuning."""
@@ -417,6 +439,8 @@ def write_table(args, runs):
             + " | ".join(format_mean(values_of(group, f"bleu_{name}")) for name in test_sets)
             + f" | {format_mean([b - reference for b in bleu])} "
             f"| {format_mean(seconds_per_epoch(group), 0)} | {rank_cell(group)} |")
+    if tuning:
+        published_tuning_path(args).write_text(json.dumps(tuning, indent=1) + "\n")
     write_results(runs, lines, args.results_dir, "multi30k", args.seeds[0],
                   f"Multi30k test log-prob matrix ({args.rank_contexts} target positions), "
                   f"seed {args.seeds[0]}; dotted: d + 1")
@@ -429,6 +453,8 @@ def main(argv=None):
     if "prepare" in args.stages:
         prepare(args)
     runs = plan(args)
+    if args.restore:
+        restore(args, runs)
     print(f"{len(runs)} runs, {args.jobs} at a time", flush=True)
     failures = run_in_parallel(runs, lambda run: execute(args, run, runs), args.jobs)
     if "generate" in args.stages and not failures:
