@@ -14,7 +14,7 @@ import pathlib
 import statistics
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .runner import PACKAGE_DIR, parse_train_log, run_tool, train_progress_printer
+from .runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress_printer
 
 __all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "load_script", "plan_runs", "run_in_parallel", "seconds_per_epoch", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results",
@@ -58,9 +58,9 @@ class Run:
     def step(self, key: str, compute: Callable[[], Dict], describe: str) -> None:
         """Run ``compute`` (which returns the values to record) unless ``key`` is recorded."""
         if key in self.result:
-            print(f"    {self.layer} seed {self.seed}: {describe}: done already", flush=True)
+            say(f"    {self.layer} seed {self.seed}: {describe}: done already")
             return
-        print(f"    {self.layer} seed {self.seed}: {describe}", flush=True)
+        say(f"    {self.layer} seed {self.seed}: {describe}")
         self.record(**compute())
 
     def train(self, arguments: Sequence, total_updates: int, threads: int) -> Dict:

@@ -24,6 +24,14 @@ class CommandFailed(RuntimeError):
 
 _RUNNING: Set[subprocess.Popen] = set()  # the tools' processes running now
 _STOPPING = threading.Event()
+_PRINTING = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print ``line`` whole. Runs print from parallel threads, and print() writes its text and
+    its newline separately, so that two lines printed at once could otherwise share one."""
+    with _PRINTING:
+        print(line, flush=True)
 
 
 def stop_tools_on_terminate() -> None:
@@ -83,8 +91,8 @@ def train_progress_printer(layer: str, total_updates: int = 0) -> Callable[[str]
         perplexity = re.search(r"\bppl=([\d.]+)", line)
         if updates and perplexity:
             total = f"/{total_updates}" if total_updates else ""  # 0: set by epochs
-            print(f"    {layer:<14} update {int(updates.group(1)):>5}{total}"
-                  f"  train ppl {float(perplexity.group(1)):8.2f}", flush=True)
+            say(f"    {layer:<14} update {int(updates.group(1)):>5}{total}"
+                f"  train ppl {float(perplexity.group(1)):8.2f}")
     return on_line
 
 

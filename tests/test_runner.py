@@ -61,3 +61,27 @@ def test_sigterm_stops_the_running_tool_and_starts_no_other(tmp_path):
         time.sleep(0.1)
     assert not alive(tool)
     assert not (tmp_path / "tool1.log").exists() and not (tmp_path / "tool2.log").exists()
+
+
+def test_lines_printed_from_parallel_runs_come_out_whole(capsys):
+    """The experiments' runs print from parallel threads; each line comes out whole, never two
+    lines run together on one (print() writes a line's text and its newline separately)."""
+    import threading
+    from fairseq_mixtape_tools.runner import say
+
+    def speak(i):
+        for _ in range(2000):
+            say(f"run {i} step")
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=speak, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(lines) == sorted(f"run {i} step" for i in range(4) for _ in range(2000))

@@ -53,7 +53,7 @@ from fairseq_mixtape_tools.experiments import (  # noqa: E402
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_data_dir, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import (  # noqa: E402
-    PACKAGE_DIR, run_tool, stop_tools_on_terminate)
+    PACKAGE_DIR, run_tool, say, stop_tools_on_terminate)
 
 LAYERS = ("softmax", "mixtape", "control", "mos")
 STAGES = ("prepare", "train", "average", "tune", "generate", "rank", "table")
@@ -303,8 +303,8 @@ def tuned_lenpen(args, runs):
                                        args.data / f"{SPLITS['valid']}.de", lenpen,
                                        f"generate_valid_lenpen{lenpen:g}.log")
                 scores[lenpen] = bleu.score
-                print(f"    tune: softmax seed {reference.seed}, lenpen {lenpen:g}: valid BLEU "
-                      f"{bleu.score:.2f}", flush=True)
+                say(f"    tune: softmax seed {reference.seed}, lenpen {lenpen:g}: valid BLEU "
+                    f"{bleu.score:.2f}")
             tuning["run"] = reference.dir.name
         best = max(args.lenpens, key=scores.get)
         if missing or best != tuning.get("lenpen"):
@@ -319,8 +319,8 @@ def forget_other_lenpen(run, lenpen):
     (the tuning was widened since), so that the generate step runs again."""
     if run.result.get("lenpen", lenpen) == lenpen:
         return
-    print(f"    {run.layer} seed {run.seed}: scored with lenpen {run.result['lenpen']:g}, now "
-          f"{lenpen:g}: generating again", flush=True)
+    say(f"    {run.layer} seed {run.seed}: scored with lenpen {run.result['lenpen']:g}, now "
+        f"{lenpen:g}: generating again")
     for key in [k for k in run.result if k == "lenpen" or k.startswith("bleu_")]:
         del run.result[key]
     run.record()
@@ -355,8 +355,8 @@ def execute(args, run, runs):
         lenpen = tuned_lenpen(args, runs) if "tune" in args.stages else None
         lenpen = lenpen if lenpen is not None else recorded_lenpen(args)
         if lenpen is None:
-            print(f"    {run.layer} seed {run.seed}: generate waits for the length penalty "
-                  "(tuned on the softmax run of the first seed)", flush=True)
+            say(f"    {run.layer} seed {run.seed}: generate waits for the length penalty "
+                "(tuned on the softmax run of the first seed)")
         else:
             forget_other_lenpen(run, lenpen)
             key = f"bleu_{args.test_sets[-1]}" if args.test_sets else f"bleu_{TEST}"
@@ -364,8 +364,8 @@ def execute(args, run, runs):
                      f"fairseq-generate (beam {args.beam}, lenpen {lenpen:g}) + sacrebleu")
             for name in [TEST, *args.test_sets]:
                 if f"bleu_line_{name}" in run.result:
-                    print(f"    {run.layer} seed {run.seed}: {name}: "
-                          f"{run.result[f'bleu_line_{name}']}", flush=True)
+                    say(f"    {run.layer} seed {run.seed}: {name}: "
+                        f"{run.result[f'bleu_line_{name}']}")
     if "rank" in args.stages and averaged(run).is_file():
         run.step("rank", lambda: measure_rank(run, args.out / "data-bin", args.rank_contexts,
                                               averaged(run)),
@@ -439,11 +439,11 @@ def write_table(args, runs):
             + " | ".join(format_mean(values_of(group, f"bleu_{name}")) for name in test_sets)
             + f" | {format_mean([b - reference for b in bleu])} "
             f"| {format_mean(seconds_per_epoch(group), 0)} | {rank_cell(group)} |")
-    if tuning:
-        published_tuning_path(args).write_text(json.dumps(tuning, indent=1) + "\n")
     write_results(runs, lines, args.results_dir, "multi30k", args.seeds[0],
                   f"Multi30k test log-prob matrix ({args.rank_contexts} target positions), "
                   f"seed {args.seeds[0]}; dotted: d + 1")
+    if tuning:  # after write_results, which makes the folder
+        published_tuning_path(args).write_text(json.dumps(tuning, indent=1) + "\n")
 
 
 def main(argv=None):
