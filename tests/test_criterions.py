@@ -360,3 +360,21 @@ def test_smoothing_term_is_finite_on_extreme_features(layer):
     assert (losses.smooth >= 0).all() and (losses.nll >= 0).all()
     lprobs = F.log_softmax(output_layer(features).float(), -1)
     assert torch.equal(losses.predicted, lprobs.argmax(-1))
+
+
+@pytest.mark.parametrize("layer", ["mos", "mos_sigsoftmax"])
+def test_mos_losses_without_smoothing_skip_the_whole_mixture(layer, monkeypatch):
+    """Without label smoothing or accuracy the MoS layers' loss comes from ``target_log_probs``,
+    not from the (b, T, V) mixture of ``forward``: the same -log p(target), 0 at padding."""
+    output_layer = build_output_layer(OutputLayerConfig(output_layer=layer), input_dim=8,
+                                      num_tokens=50)
+    features, target = torch.randn(3, 5, 8), torch.randint(2, 50, (3, 5))
+    target[0, -1] = 1  # padding
+    whole = token_losses(output_layer, features, target, padding_idx=1, smooth=True,
+                         predict=False).nll
+    monkeypatch.setattr(output_layer, "forward",
+                        lambda *_: pytest.fail("the whole mixture was computed"))
+    alone = token_losses(output_layer, features, target, padding_idx=1, smooth=False,
+                         predict=False)
+    assert alone.smooth is None and alone.predicted is None and alone.nll[0, -1] == 0
+    assert torch.allclose(alone.nll, whole, rtol=1e-5, atol=1e-6)

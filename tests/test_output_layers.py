@@ -307,6 +307,24 @@ def test_mos_sigsoftmax_components_are_sigsoftmaxes(K):
     assert torch.allclose(layer(g).exp(), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["mos", "mos_sigsoftmax"])
+def test_target_log_probs_are_the_mixture_at_the_targets(name):
+    """What the criterions train the MoS layers with where they need only log p(target): the
+    whole mixture's log p at the targets, and the same gradients (float64)."""
+    layer = build(name, output_components=3, output_bias=True,
+                  output_context_scale=2.0).double().eval()
+    g = torch.randn(3, 4, C, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, V, (3, 4))
+    whole = layer(g).gather(-1, target.unsqueeze(-1)).squeeze(-1)              # (3, 4)
+    alone = layer.target_log_probs(g, target)
+    assert alone.shape == target.shape
+    assert torch.allclose(alone, whole, rtol=0, atol=1e-12)
+    inputs = [g, *layer.parameters()]
+    for got, expected in zip(torch.autograd.grad(alone.sum(), inputs),
+                             torch.autograd.grad(whole.sum(), inputs)):
+        assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------- all layers
 @pytest.mark.parametrize("name", LAYERS)
 def test_gradcheck_float64(name):

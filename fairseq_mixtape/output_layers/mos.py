@@ -20,7 +20,9 @@ class MixtureOfSoftmaxes(ContextMixture):
     The mixture is computed exactly in log space (the official code's ``log(p + 1e-8)`` floor
     caps log-probs at -18.4 and fakes rank). ``--mos-context-dropout`` drops the context vectors
     with one mask per sequence shared over time steps ("dropoutl"; ``ContextMixture.contexts``).
-    Costs K full V-wide softmaxes per position.
+    Costs K full V-wide softmaxes per position. Where the plugin's criterions need only the
+    targets' log-probabilities (no label smoothing), they call ``target_log_probs``, which keeps
+    fewer (..., K, V) intermediates.
     """
 
     scores_are_log_probs = True
@@ -44,11 +46,28 @@ class MixtureOfSoftmaxes(ContextMixture):
     def gate_priors(self, features):
         return F.softmax(upcast(self.prior(features)), dim=-1)
 
-    def component_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-component log-probabilities (..., K, V), in float32 under fp16/bf16."""
-        return F.log_softmax(upcast(logits), dim=-1)
+    def component_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """The scores (..., K, V) whose log_softmax over V is each component's log-probability:
+        the logits z_kx themselves, in float32 under fp16/bf16."""
+        return upcast(logits)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         log_prior = F.log_softmax(upcast(self.prior(features)), dim=-1)         # (..., K)
-        log_probs = self.component_log_probs(self.token_logits(self.contexts(features)))
+        scores = self.component_scores(self.token_logits(self.contexts(features)))
+        log_probs = F.log_softmax(scores, dim=-1)                              # (..., K, V)
         return torch.logsumexp(log_probs + log_prior.unsqueeze(-1), dim=-2)   # (..., K, V) -> (..., V)
+
+    def target_log_probs(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """log p(y | g) of the targets y alone, features (..., C), target (...) -> (...): each
+        component's target score and log-normaliser suffice,
+
+            log p(y|g) = logsumexp_k( log pi_k + s_ky - logsumexp_x s_kx )
+
+        with s_kx = ``component_scores`` (MoS: z_kx = h_k . w_x + b_x), so training keeps one
+        (..., K, V) tensor, the scores, where ``forward`` keeps several for the whole mixture.
+        The same numbers as ``forward`` at y, up to rounding."""
+        log_prior = F.log_softmax(upcast(self.prior(features)), dim=-1)         # (..., K)
+        scores = self.component_scores(self.token_logits(self.contexts(features)))  # (..., K, V)
+        index = target[..., None, None].expand(*scores.shape[:-1], 1)          # (...) -> (..., K, 1)
+        target_scores = scores.gather(-1, index).squeeze(-1)                   # (..., K)
+        return torch.logsumexp(log_prior + target_scores - torch.logsumexp(scores, dim=-1), dim=-1)

@@ -32,5 +32,5 @@ class Sigsoftmax(Softmax):
 class MixtureOfSigsoftmaxes(MixtureOfSoftmaxes):
     """MoS with each component's softmax replaced by a sigsoftmax."""
 
-    def component_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(sigsoftmax_logits(logits), dim=-1)
+    def component_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return sigsoftmax_logits(logits)
