@@ -21,8 +21,8 @@ class MixtureOfSoftmaxes(ContextMixture):
     caps log-probs at -18.4 and fakes rank). ``--mos-context-dropout`` drops the context vectors
     with one mask per sequence shared over time steps ("dropoutl"; ``ContextMixture.contexts``).
     Costs K full V-wide softmaxes per position. Where the plugin's criterions need only the
-    targets' log-probabilities (no label smoothing), they call ``target_log_probs``, which keeps
-    fewer (..., K, V) intermediates.
+    targets' log-probabilities (no label smoothing or accuracy), they call ``target_log_probs``,
+    which keeps fewer (..., K, V) intermediates.
     """
 
     scores_are_log_probs = True
