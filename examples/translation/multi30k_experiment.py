@@ -25,9 +25,10 @@ resumes from its last checkpoint):
 
 Everything runs through fairseq's command-line tools with --user-dir fairseq_mixtape, one torch
 thread per process by default; --jobs runs several trainings at once. The default run (softmax
-and Mixtape with 3 seeds, the control and MoS with 1) takes 20-40 core-hours: an epoch of the
+and Mixtape with 3 seeds, the control with 1) takes about 15-20 core-hours: an epoch of the
 softmax run costs 5.6 core-minutes on an idle core (1.9 core-hours for 20 epochs); one such run
-took 3.7 hours on a shared 2-core machine; the mixtures cost more per epoch:
+took 3.7 hours on a shared 2-core machine; the mixtures cost more per epoch. MoS (--layers
+softmax,mixtape,control,mos; --mos-seeds) costs about 4.5 softmax runs per seed:
   python examples/translation/multi30k_experiment.py --data ../shared/data/multi30k-en-de \\
       --out runs/multi30k --jobs 1
 """
@@ -55,7 +56,7 @@ from fairseq_mixtape_tools.arguments import (  # noqa: E402
 from fairseq_mixtape_tools.runner import (  # noqa: E402
     PACKAGE_DIR, run_tool, say, stop_tools_on_terminate)
 
-LAYERS = ("softmax", "mixtape", "control", "mos")
+LAYERS = ("softmax", "mixtape", "control")  # MoS on request: --layers softmax,...,mos
 STAGES = ("prepare", "train", "average", "tune", "generate", "rank", "table")
 SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}  # fairseq: Multi30k
 TEST = SPLITS["test"]
@@ -73,7 +74,9 @@ def parse_args(argv=None):
                         default=REPO / "examples/translation/results",
                         help="where multi30k.md and multi30k.json go")
     parser.add_argument("--layers", type=comma_list(str), default=list(LAYERS),
-                        help=f"output layers to compare, from {', '.join(OUTPUT_VARIANTS)}")
+                        help=f"output layers to compare, from {', '.join(OUTPUT_VARIANTS)} "
+                        f"(default: {','.join(LAYERS)}; mos, which costs several softmax runs, "
+                        "is left out of the default run's budget)")
     parser.add_argument("--seeds", type=comma_list(int), default=[1, 2, 3],
                         help="training seeds (all layers but control and mos)")
     parser.add_argument("--control-seeds", type=comma_list(int), default=[1],
