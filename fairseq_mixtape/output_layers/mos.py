@@ -51,9 +51,13 @@ class MixtureOfSoftmaxes(ContextMixture):
         the logits z_kx themselves, in float32 under fp16/bf16."""
         return upcast(logits)
 
+    def log_prior_and_scores(self, features: torch.Tensor):
+        """features (..., C) -> log pi (..., K) and the component scores s (..., K, V)."""
+        log_prior = F.log_softmax(upcast(self.prior(features)), dim=-1)
+        return log_prior, self.component_scores(self.token_logits(self.contexts(features)))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        log_prior = F.log_softmax(upcast(self.prior(features)), dim=-1)         # (..., K)
-        scores = self.component_scores(self.token_logits(self.contexts(features)))
+        log_prior, scores = self.log_prior_and_scores(features)
         log_probs = F.log_softmax(scores, dim=-1)                              # (..., K, V)
         return torch.logsumexp(log_probs + log_prior.unsqueeze(-1), dim=-2)   # (..., K, V) -> (..., V)
 
@@ -66,8 +70,7 @@ class MixtureOfSoftmaxes(ContextMixture):
         with s_kx = ``component_scores`` (MoS: z_kx = h_k . w_x + b_x), so training keeps one
         (..., K, V) tensor, the scores, where ``forward`` keeps several for the whole mixture.
         The same numbers as ``forward`` at y, up to rounding."""
-        log_prior = F.log_softmax(upcast(self.prior(features)), dim=-1)         # (..., K)
-        scores = self.component_scores(self.token_logits(self.contexts(features)))  # (..., K, V)
+        log_prior, scores = self.log_prior_and_scores(features)                # (..., K), (..., K, V)
         index = target[..., None, None].expand(*scores.shape[:-1], 1)          # (...) -> (..., K, 1)
         target_scores = scores.gather(-1, index).squeeze(-1)                   # (..., K)
         return torch.logsumexp(log_prior + target_scores - torch.logsumexp(scores, dim=-1), dim=-1)
