@@ -231,6 +231,7 @@ class Result:
     params_m: float = math.nan
     model_args: str = ""    # the --model-args of the mt / lm / beam models
     chunk_tokens: int = 0   # memory: --output-chunk-tokens of the plugin criterion (0: n/a)
+    chunk_setting: str = ""  # memory: the --memory-chunk-tokens setting it ran (chunk_name)
 
     @property
     def median(self) -> float:
@@ -660,11 +661,12 @@ def chunk_setting(text: str):
         f"got {text!r}; allowed: a whole number >= 0 or {DEFAULT_CHUNKS!r}")
 
 
-def chunk_positions(setting, vocab: int) -> int:
-    """The positions per chunk of a --memory-chunk-tokens setting at vocabulary ``vocab``."""
+def chunk_positions(setting, layer) -> int:
+    """The positions per chunk of a --memory-chunk-tokens setting for the output layer ``layer``
+    (the default follows its scores per position: V, MoS K x V)."""
     from fairseq_mixtape.criterions.chunked import default_chunk_tokens
 
-    return default_chunk_tokens(vocab) if setting == DEFAULT_CHUNKS else setting
+    return default_chunk_tokens(layer.scores_per_position) if setting == DEFAULT_CHUNKS else setting
 
 
 def chunk_name(setting) -> str:
@@ -757,6 +759,7 @@ def memory_section(args, device, backward: bool = True) -> List[Result]:
     Mixtape is fixed at 1 (matching it, the default, needs computed values; no shape changes)."""
     from fairseq.criterions.cross_entropy import CrossEntropyCriterion
     from fairseq_mixtape.criterions import OutputLayerCrossEntropyCriterion
+    from fairseq_mixtape.models.wiring import output_layer_of
 
     from .building import dictionary_of
 
@@ -790,7 +793,8 @@ def memory_section(args, device, backward: bool = True) -> List[Result]:
                         "memory", "train", name, vocab, args.memory_dim, tokens, "words",
                         tensor_mb=tracker.peak / 2 ** 20, gflops=tracker.flops / 1e9,
                         params_m=params_m(model), model_args=model_args,
-                        chunk_tokens=chunk_positions(chunk, vocab)))
+                        chunk_tokens=chunk_positions(chunk, output_layer_of(model)),
+                        chunk_setting=chunk_name(chunk) if name == layer else ""))
                     log(f"  memory V={vocab} {name} chunks {chunk or '-'}: "
                         f"{results[-1].tensor_mb:.0f} MiB, {results[-1].gflops:.0f} GFLOP "
                         f"({time.perf_counter() - started:.0f} s)")
@@ -1098,13 +1102,25 @@ def compiled_table(results: List[Result], args) -> List[str]:
             ""] + rows
 
 
+def chunk_sizes(results: List[Result], vocab: int, setting: str, args) -> str:
+    """The positions per chunk a setting gave at ``vocab``: one number where every layer had the
+    same, else each layer's (``262 MoS-4, 1048 the others``)."""
+    sizes = {r.layer: r.chunk_tokens for r in results
+             if r.vocab == vocab and r.chunk_setting == setting}
+    if len(set(sizes.values())) <= 1:
+        return str(next(iter(sizes.values()), "n/a"))
+    common = statistics.mode(sizes.values())
+    return ", ".join([f"{c} {layer_label(name, args)}" for name, c in sizes.items() if c != common]
+                     + [f"{common} the others"])
+
+
 def memory_table(results: List[Result], args) -> List[str]:
     """The memory section: live-tensor peaks per V, layer and chunk size, and their ratios."""
     rs = [r for r in results if r.section == "memory"]
     if not rs:
         return []
-    chunks = args.memory_chunk_tokens  # settings; the results hold their positions per V
-    peak = {(r.vocab, r.layer, r.chunk_tokens): r for r in rs}
+    chunks = [chunk_name(c) for c in args.memory_chunk_tokens]  # settings, as the results hold them
+    peak = {(r.vocab, r.layer, r.chunk_setting): r for r in rs}
     E = args.memory_dim
     lines = [f"## Peak training memory at large vocabularies ({args.memory_batch} x "
              f"{args.memory_length} target tokens, E = {E})", "",
@@ -1113,8 +1129,9 @@ def memory_table(results: List[Result], args) -> List[str]:
              f"gradients are). Model: a 1-layer `transformer_lm` (`{memory_model_args(args)}`, "
              "`--share-decoder-input-output-embed`), each output layer through the plugin's "
              "`output_layer_cross_entropy` with `--output-chunk-tokens` "
-             + " and ".join(map(chunk_name, chunks))
-             + (" (unset: 2^27 / V positions, at most 4096)" if DEFAULT_CHUNKS in chunks else "")
+             + " and ".join(chunks)
+             + (" (unset: 2^27 / V positions, MoS-K 2^27 / (K x V), at most 4096; whole sequences "
+                "of at least one)" if chunk_name(DEFAULT_CHUNKS) in chunks else "")
              + ", and the softmax model through fairseq's "
              "`cross_entropy` (`softmax+cross_entropy`) and with the plugin criterion's "
              "`--linear-cross-entropy` (`softmax+linear_cross_entropy`, torch's chunked "
@@ -1123,18 +1140,17 @@ def memory_table(results: List[Result], args) -> List[str]:
                 "arithmetic (no memory used; the context scale of MoS and Mixtape fixed at 1, "
                 "which changes no shape)." if args.memory_compute == "fake" else
                 "Computed for real."), "",
-             "| V | layer | " + " | ".join(f"MiB, chunks {chunk_name(c)}" for c in chunks)
-             + f" | GFLOP (matrix products), chunks {chunk_name(chunks[0])} | params M |",
+             "| V | layer | " + " | ".join(f"MiB, chunks {c}" for c in chunks)
+             + f" | GFLOP (matrix products), chunks {chunks[0]} | params M |",
              "|---|---|" + "---|" * len(chunks) + "---|---|"]
     for vocab in args.memory_vocabs:
-        sizes = [chunk_positions(c, vocab) for c in chunks]
-        first = {}  # layer -> its result at the first setting (two settings may be one size)
+        first = {}  # layer -> its result at the first setting; the stock criteria have none
         for r in rs:
-            if r.vocab == vocab and r.chunk_tokens in (sizes[0], 0):
+            if r.vocab == vocab and r.chunk_setting in (chunks[0], ""):
                 first.setdefault(r.layer, r)
         for r in first.values():
             cells = ([fmt(peak[vocab, r.layer, c].tensor_mb, 0) if (vocab, r.layer, c) in peak
-                      else "n/a" for c in sizes] if r.chunk_tokens else
+                      else "n/a" for c in chunks] if r.chunk_setting else
                      [fmt(r.tensor_mb, 0)] + ["(no chunks)"] * (len(chunks) - 1))
             lines.append(f"| {vocab // 1000}K | {layer_label(r.layer, args)} | "
                          + " | ".join(cells) + f" | {fmt(r.gflops, 0)} | {r.params_m:.0f} |")
@@ -1149,14 +1165,14 @@ def memory_table(results: List[Result], args) -> List[str]:
         return "n/a" if a is None or b is None else f"{a.tensor_mb / b.tensor_mb:.2f}"
 
     for vocab in args.memory_vocabs:
-        stock = peak.get((vocab, "softmax" + STOCK, 0))
-        linear = peak.get((vocab, "softmax" + LINEAR, 0))
+        stock = peak.get((vocab, "softmax" + STOCK, ""))
+        linear = peak.get((vocab, "softmax" + LINEAR, ""))
         for setting in chunks:
-            c = chunk_positions(setting, vocab)
-            softmax = peak.get((vocab, "softmax", c))
-            lines.append(f"| {vocab // 1000}K | {chunk_name(setting)} ({c}) | " + "".join(
-                f"{ratio(peak.get((vocab, name, c)), softmax)} | " for name in others)
-                + f"{ratio(softmax, stock)} | {ratio(linear, stock)} |")
+            softmax = peak.get((vocab, "softmax", setting))
+            lines.append(f"| {vocab // 1000}K | {setting} ({chunk_sizes(rs, vocab, setting, args)}) | "
+                         + "".join(f"{ratio(peak.get((vocab, name, setting)), softmax)} | "
+                                   for name in others)
+                         + f"{ratio(softmax, stock)} | {ratio(linear, stock)} |")
     return lines + [""]
 
 

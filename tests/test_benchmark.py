@@ -169,6 +169,20 @@ def test_memory_section_writes_tables(tmp_path):
     assert "## Ratios" not in table  # nothing timed
 
 
+def test_memory_unset_chunks_follow_each_layer(tmp_path, monkeypatch):
+    """Unset, MoS-K's chunks hold K times fewer positions than softmax's (K x V scores per
+    position), and the table names both sizes."""
+    from fairseq_mixtape.criterions import chunked
+
+    monkeypatch.setattr(chunked, "CHUNK_SCORES", 2000 * 64)  # softmax: 64 positions at V = 2K
+    main(MEMORY_SMALL + ["--layers", "softmax", "mos", "--memory-chunk-tokens", "default",
+                         "--out-dir", str(tmp_path), "--name", "memory"])
+    with open(tmp_path / "memory.csv") as f:
+        rows = {row["layer"]: row["chunk_tokens"] for row in csv.DictReader(f)}
+    assert rows["softmax"] == "64" and rows["mos"] == "16"
+    assert "| 2K | unset (16 MoS-4, 64 the others) | " in (tmp_path / "memory.md").read_text()
+
+
 def grid_args(tmp_path, dims, vocabs, modes=("eager",)):
     return ["--grid", "--threads", "1", "--grid-dims", *map(str, dims), "--grid-vocabs",
             *map(str, vocabs), "--grid-positions", "8", "--grid-modes", *modes, "--repeats", "2",

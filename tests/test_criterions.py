@@ -168,12 +168,17 @@ def test_default_chunks_keep_a_chunks_scores_to_2_to_the_27():
     assert rows_per_chunk(8, 512, default_chunk_tokens(256_000)) == 1
 
 
-def test_unset_chunks_follow_the_vocabulary(parsed, monkeypatch):
-    """The criterion's default resolves per model, from its vocabulary: with 2^27 scaled down
-    to T x V entries, every chunk token_losses sees is one sequence of length T."""
-    task, model, sample = model_and_sample(parsed, "transformer_lm", "mixtape", size=4)
+@pytest.mark.parametrize("layer,components", [("mixtape", 1), ("mos", 3)])
+def test_unset_chunks_follow_the_scores_per_position(parsed, monkeypatch, layer, components):
+    """The criterion's default resolves per model, from its scores per position (V; MoS:
+    K x V): with 2^27 scaled down to T x V x K entries, every chunk token_losses sees is one
+    sequence of length T; scaled to T x V x K - 1, still one (a chunk holds at least one);
+    scaled to 2 T x V x K, two."""
+    options = {"output_components": components} if layer == "mos" else {}
+    task, model, sample = model_and_sample(parsed, "transformer_lm", layer, size=4, **options)
     rows, length = sample["target"].shape
-    monkeypatch.setattr(chunked, "CHUNK_SCORES", length * len(task.target_dictionary))
+    scores = length * len(task.target_dictionary) * components
+    assert output_layer_of(model).scores_per_position * length == scores
     seen = []
 
     def spy(layer, features, *args, **kwargs):
@@ -181,8 +186,11 @@ def test_unset_chunks_follow_the_vocabulary(parsed, monkeypatch):
         return token_losses(layer, features, *args, **kwargs)
 
     monkeypatch.setattr(chunked, "token_losses", spy)
-    OutputLayerCrossEntropyCriterion(task, False)(model, sample)
-    assert seen == [1] * rows
+    for chunk_scores, per_chunk in [(scores, 1), (scores - 1, 1), (2 * scores, 2)]:
+        seen.clear()
+        monkeypatch.setattr(chunked, "CHUNK_SCORES", chunk_scores)
+        OutputLayerCrossEntropyCriterion(task, False)(model, sample)
+        assert seen == [per_chunk] * (rows // per_chunk)
 
 
 # ------------------------------------------------------------------------------- memory, dropout

@@ -30,13 +30,14 @@ class TokenLosses(NamedTuple):
 
 
 DEFAULT_CHUNK_TOKENS = 4096  # target positions per chunk, at vocabularies up to 32K
-CHUNK_SCORES = 2 ** 27       # positions x V per chunk by default: 512 MiB of float32 scores
+CHUNK_SCORES = 2 ** 27       # positions x scores per chunk by default: 512 MiB of float32 scores
 
 
-def default_chunk_tokens(num_tokens: int) -> int:
-    """``--output-chunk-tokens`` where it is unset: 4096 positions, or fewer where V is over 32K,
-    so that a chunk's (positions, V) scores keep to about 2^27 entries (V = 256K: 524)."""
-    return max(1, min(DEFAULT_CHUNK_TOKENS, CHUNK_SCORES // num_tokens))
+def default_chunk_tokens(scores_per_position: int) -> int:
+    """``--output-chunk-tokens`` where it is unset, from the layer's ``scores_per_position`` (V;
+    MoS: K x V): 4096 positions, or fewer above 32K scores per position, so that a chunk's
+    scores keep to about 2^27 entries (V = 256K: 524 positions; MoS-4 at V = 128K: 262)."""
+    return max(1, min(DEFAULT_CHUNK_TOKENS, CHUNK_SCORES // scores_per_position))
 
 
 def rows_per_chunk(batch_size: int, length: int, chunk_tokens: int) -> int:
@@ -90,7 +91,7 @@ def chunked_token_losses(layer: OutputLayer, features: torch.Tensor, target: tor
                          padding_idx: int, chunk_tokens: Optional[int], smooth: bool = False,
                          predict: bool = False) -> TokenLosses:
     """``token_losses`` over chunks of ``rows_per_chunk`` sequences, concatenated: (B, T) each;
-    ``chunk_tokens`` None: ``default_chunk_tokens`` of the layer's vocabulary.
+    ``chunk_tokens`` None: ``default_chunk_tokens`` of the layer's scores per position.
 
     With gradients enabled and more than one chunk, each chunk is checkpointed (non-reentrant):
     only its (b, T) results are kept for backward, where the chunk is recomputed alone.
@@ -98,7 +99,7 @@ def chunked_token_losses(layer: OutputLayer, features: torch.Tensor, target: tor
     losses = token_losses if layer.compiled_forward is None else compiled_token_losses()
     compute = partial(losses, layer, padding_idx=padding_idx, smooth=smooth, predict=predict)
     if chunk_tokens is None:
-        chunk_tokens = default_chunk_tokens(layer.num_tokens)
+        chunk_tokens = default_chunk_tokens(layer.scores_per_position)
     rows = rows_per_chunk(*target.shape, chunk_tokens)
     if rows >= target.size(0):
         return compute(features, target)  # one chunk: checkpointing would only add a recomputation

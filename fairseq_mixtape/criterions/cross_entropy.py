@@ -38,7 +38,7 @@ class OutputLayerCrossEntropyConfig(FairseqDataclass):
                           "sequence), each recomputed in backward, so that only one chunk's "
                           "output-layer activations (MoS: positions x K x V) exist at a time; "
                           "0: the whole batch at once; unset: 4096, or 2^27 / V where the "
-                          "vocabulary V is over 32K (V = 256K: 524)"})
+                          "vocabulary V is over 32K (V = 256K: 524; MoS: 2^27 / (K x V))"})
     linear_cross_entropy: bool = field(
         default=False,
         metadata={"help": "softmax layer, without label smoothing or --report-accuracy: the "
@@ -90,7 +90,7 @@ class OutputLayerCrossEntropyCriterion(FairseqCriterion):
         check_option(output_chunk_tokens is None or output_chunk_tokens >= 0,
                      "--output-chunk-tokens", output_chunk_tokens,
                      "0 (no chunks), a number of target positions per chunk, or unset (4096, "
-                     "fewer above V = 32K)")
+                     "fewer at large vocabularies)")
         check_option(ignore_prefix_size >= 0, "--ignore-prefix-size", ignore_prefix_size,
                      "an integer >= 0")
         check_option(0.0 <= label_smoothing < 1.0, "--label-smoothing", label_smoothing,

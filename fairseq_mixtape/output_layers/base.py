@@ -65,6 +65,12 @@ class OutputLayer(nn.Module):
     def embed_dim(self) -> int:
         return self.weight.shape[1]
 
+    @property
+    def scores_per_position(self) -> int:
+        """Entries per position of the largest score tensor the layer forms: V (MoS: K x V). The
+        criterions size their default chunks by it."""
+        return self.num_tokens
+
     @classmethod
     def from_config(cls, cfg, first_target: int = 0, **common) -> "OutputLayer":
         """Build from an ``OutputLayerConfig``; ``common`` holds the constructor's shared args,

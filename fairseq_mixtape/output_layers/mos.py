@@ -43,6 +43,10 @@ class MixtureOfSoftmaxes(ContextMixture):
                    context_dropout=cfg.mos_context_dropout,
                    context_scale=getattr(cfg, "output_context_scale", None))
 
+    @property
+    def scores_per_position(self) -> int:
+        return self.components * self.num_tokens  # the (..., K, V) component scores
+
     def gate_priors(self, features):
         return F.softmax(upcast(self.prior(features)), dim=-1)
 
