@@ -42,6 +42,15 @@ TINY_LSTM_LM = [
     "--decoder-out-embed-dim", "16", "--dropout", "0"]
 
 
+def assert_same_gradient(got, expected, name):
+    """Float32 gradients equal up to round-off: relative 1e-4, plus an absolute 1e-6 of the
+    tensor's largest entry (at least 1e-6), since an entry summed from terms that large is only
+    as exact as their last bits, which differ between CPUs' kernels."""
+    atol = 1e-6 * max(1.0, expected.abs().max().item())
+    error = (got - expected).abs().max().item()
+    assert torch.allclose(got, expected, rtol=1e-4, atol=atol), f"{name}: max error {error:.3g}"
+
+
 def random_corpus(path: Path, sentences: int, words: int, lengths=(2, 12), seed: int = 0):
     """Write ``sentences`` lines of Zipf-distributed words w0..w{words-1}, lengths uniform in
     ``lengths``, so that a dictionary built from it is frequency-sorted like a real one."""

@@ -19,7 +19,8 @@ from fairseq_mixtape.criterions.cross_entropy import (
     OutputLayerCrossEntropyCriterion, OutputLayerLabelSmoothedCrossEntropyCriterion)
 from fairseq_mixtape.models.wiring import output_layer_of
 from fairseq_mixtape.output_layers import OUTPUT_LAYERS
-from helpers import LAYERS, TINY_TRANSFORMER, batch, build_from_args, build_model, make_mt_data
+from helpers import (LAYERS, TINY_TRANSFORMER, assert_same_gradient, batch, build_from_args,
+                     build_model, make_mt_data)
 
 SHAPES = [(3, 7), (5, 2), (1, 11), (4, 9)]  # (batch, length) as fairseq's batches vary
 
@@ -169,7 +170,7 @@ def test_compiled_criterion_equals_fairseq(translation):
     assert torch.allclose(ours[0], theirs[0], rtol=1e-5)
     assert ours[1]["n_correct"] == theirs[1]["n_correct"]
     for name, grad in theirs[2].items():
-        assert torch.allclose(ours[2][name], grad, rtol=1e-4, atol=1e-6), name
+        assert_same_gradient(ours[2][name], grad, name)
     # the stock criterion calls the (compiled) layer itself
     stock = loss_and_grads(CrossEntropyCriterion(task, False), model, sample)
     reference = loss_and_grads(CrossEntropyCriterion(task, False), eager, sample)
