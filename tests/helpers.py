@@ -1,6 +1,6 @@
 """Helpers for tests that need real fairseq tasks and models: tiny binarized corpora, models
-and criterions built from command-line style arguments, batches, and a peak-memory tracker
-(the benchmark's, fairseq_mixtape_tools.memory).
+and criterions built from command-line style arguments, batches, a peak-memory tracker
+(the benchmark's, fairseq_mixtape_tools.memory) and a float32 gradient comparison.
 
     data = make_mt_data(tmp_path)                      # or make_lm_data(tmp_path)
     built = build_from_args([str(data), "--task", "translation", "--arch", "transformer_mos",
