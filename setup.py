@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="fairseq-mixtape",
-    version="0.1.0",
+    version="0.2.0",
     description="Mixtape, Mixture of Softmaxes and sigsoftmax output layers for fairseq",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",

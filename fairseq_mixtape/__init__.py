@@ -13,5 +13,5 @@ from .output_layers import OUTPUT_LAYERS, OutputLayerConfig, build_output_layer 
 from . import models  # noqa: E402,F401  (registers the models and architectures)
 from . import criterions  # noqa: E402,F401  (registers the criterions)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["OUTPUT_LAYERS", "OutputLayerConfig", "build_output_layer"]

@@ -12,13 +12,14 @@ import json
 import math
 import pathlib
 import statistics
+import subprocess
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress_printer
 
 __all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "load_script", "plan_runs", "run_in_parallel", "seconds_per_epoch", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results",
-           "restore_finished"]
+           "restore_finished", "plugin_commit"]
 
 
 # The output layers the experiments compare, by name: their fairseq-train flags.
@@ -50,6 +51,22 @@ class Run:
     def checkpoint(self) -> pathlib.Path:
         return self.dir / "checkpoint_last.pt"
 
+    def check_settings(self, settings: Dict) -> None:
+        """Record ``settings`` (what the run's numbers depend on beyond its flags: the wiring,
+        the epochs, the plugin's commit) before its first step; a run whose folder holds a result
+        recorded with other settings, or with none, is refused, not resumed or taken."""
+        recorded = self.result.get("settings")
+        if recorded is None and (self.result or self.checkpoint.is_file()):
+            raise ValueError(f"{self.dir}: started without recorded settings (an older version "
+                             "of the script); allowed: a new --out, or delete the folder")
+        if recorded is not None and recorded != settings:
+            differ = ", ".join(f"{key} {recorded.get(key)!r} (now {value!r})"
+                               for key, value in settings.items() if recorded.get(key) != value)
+            raise ValueError(f"{self.dir}: recorded with other settings: {differ}; allowed: the "
+                             "same settings, a new --out, or delete the folder")
+        if recorded is None:
+            self.record(settings=settings)
+
     def record(self, **values) -> None:
         self.result.update(values)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +90,22 @@ class Run:
                  log, train_progress_printer(f"{self.layer} s{self.seed}", total_updates),
                  threads=threads, append=True)
         return parse_train_log(log.read_text())  # every attempt: a resumed run's log continues
+
+
+def plugin_commit() -> str:
+    """The last commit that changed the plugin (``fairseq_mixtape/``) in the checkout these tools
+    run from, with ``+changes`` where the plugin has uncommitted changes; ``unknown`` outside a
+    git checkout."""
+    def git(*argv):
+        return subprocess.run(["git", "-C", str(PACKAGE_DIR), *argv], capture_output=True,
+                              text=True).stdout.strip()
+
+    try:
+        commit = git("log", "-1", "--format=%H", "--", ".")
+        changed = git("status", "--porcelain", "--", ".")
+    except OSError:  # no git
+        return "unknown"
+    return (commit or "unknown") + ("+changes" if changed else "")
 
 
 def load_script(path: pathlib.Path):

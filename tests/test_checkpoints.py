@@ -44,3 +44,87 @@ def test_new_checkpoint_stores_the_derived_values(tmp_path):
     assert list(layer.frequent_ids) == list(range(2, 8))  # <s> (0) and <pad> (1) have no slot
     scale = [v for k, v in state["model"].items() if k.endswith("context_scale")][0]
     assert float(layer.context_scale) == float(scale) != 1.0
+
+
+PROJECTION = Path(__file__).resolve().parent / "fixtures" / "projection_wiring"  # its make.py
+FAMILIES = ("transformer_lm", "lstm_lm")
+VARIANTS = ("mos", "mos_sigsoftmax", "mixtape", "control")
+STOCK_PROJECTION = {"transformer_lm": "project_out_dim", "lstm_lm": "additional_fc"}
+NARROW = {"transformer_lm": ["--decoder-input-dim", "8", "--decoder-output-dim", "8"],
+          "lstm_lm": ["--decoder-embed-dim", "8", "--decoder-out-embed-dim", "8"]}
+COMPONENTS = {"mixtape": ["--output-components", "4"], "control": ["--output-components", "1"],
+              "mos": [], "mos_sigsoftmax": []}
+
+
+def load_projection_fixture(key: str):
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(PROJECTION / f"{key}.pt")], arg_overrides={"data": str(PROJECTION)})
+    return models[0].eval(), cfg
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_checkpoint_of_the_projection_wiring_keeps_it_and_its_scores(family, variant):
+    """Checkpoints of version 0.1, whose mixtures read fairseq's projection of the hidden state
+    to E (d = 16, E = 8), keep that wiring under the hidden-state default and score as then."""
+    key = f"{family}_{variant}"
+    expected = torch.load(PROJECTION / "expected_scores.pt")
+    model, cfg = load_projection_fixture(key)
+    layer = output_layer_of(model)
+    assert isinstance(getattr(model.decoder, STOCK_PROJECTION[family]), torch.nn.Linear)
+    assert (layer.input_dim, layer.embed_dim) == (8, 8)
+    assert cfg.model.output_layer_reads == "projection"  # what a later save records
+    assert (layer.weight is model.decoder.embed_tokens.weight)  # still tied
+    from helpers import build
+
+    narrow = NARROW[family]
+    _, built_old = build(family, variant.replace("control", "mixtape"), *narrow,
+                         *COMPONENTS[variant], "--output-layer-reads", "projection")
+    # the parameters in the order of the checkpoint's model, which its optimizer state follows
+    assert [n for n, _ in model.named_parameters()] == [
+        n for n, _ in built_old.named_parameters()]
+    with torch.no_grad():
+        scores = model(expected["tokens"])[0]
+    torch.testing.assert_close(scores, expected[key], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_new_mixture_reads_the_hidden_state_without_the_stock_projection(family):
+    """The same flags today build the papers' wiring: the mixture reads the 16-wide hidden
+    state, the stock projection is gone, and such a checkpoint refuses the other wiring."""
+    from helpers import build
+
+    narrow = NARROW[family]
+    _, model = build(family, "mixtape", *narrow)
+    layer = output_layer_of(model)
+    assert (layer.input_dim, layer.embed_dim) == (16, 8)
+    assert getattr(model.decoder, STOCK_PROJECTION[family], None) is None
+    assert not any(STOCK_PROJECTION[family] in name for name, _ in model.named_parameters())
+    _, old = build(family, "mixtape", *narrow, "--output-layer-reads", "projection")
+    assert output_layer_of(old).input_dim == 8
+    with pytest.raises(ValueError, match="--output-layer-reads: got 'projection'"):
+        old.load_state_dict(model.state_dict(), model_cfg=None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_resumes_from_a_checkpoint_of_the_projection_wiring(family, tmp_path):
+    """fairseq-train with today's default flags continues a 0.1 checkpoint (its optimizer state
+    included) in the checkpoint's wiring, and saves that wiring in the new checkpoint."""
+    import shutil
+
+    from helpers import fairseq_train
+
+    narrow = NARROW[family]
+    save_dir = tmp_path / "ckpt"
+    save_dir.mkdir()
+    shutil.copy(PROJECTION / f"{family}_mixtape.pt", save_dir / "checkpoint_last.pt")
+    from helpers import make_lm_data
+
+    state = fairseq_train(make_lm_data(tmp_path), family, "mixtape", save_dir, 5,
+                          "--output-components", "4", *narrow)
+    assert state["optimizer_history"][-1]["num_updates"] == 5
+    model_cfg = state["cfg"]["model"]
+    model_cfg = model_cfg if isinstance(model_cfg, dict) else vars(model_cfg)  # LSTM: Namespace
+    assert model_cfg["output_layer_reads"] == "projection"
+    assert f"decoder.{STOCK_PROJECTION[family]}.weight" in state["model"]

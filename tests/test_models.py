@@ -77,12 +77,18 @@ def test_own_output_embedding_when_not_shared(layer):
 
 
 def test_decoder_output_dim_differs_from_tied_embedding():
-    """Mixtures project features to the embedding size; a single softmax cannot."""
+    """A mixture reads the 16-wide hidden state and maps it to the tied 16-wide embedding: the
+    stock projection to --decoder-output-dim 8 is not built into its path; after that projection
+    (the 0.1 wiring) it maps 8 to 16. A single softmax cannot."""
     task, model = build("transformer_lm", "mixtape", "--decoder-output-dim", "8")
     layer = output_layer_of(model)
-    assert layer.input_dim == 8 and layer.embed_dim == 16
+    assert layer.input_dim == 16 and layer.embed_dim == 16
+    assert model.decoder.project_out_dim is None
     out, _ = model(torch.randint(4, 30, (2, 5)))
     assert out.shape == (2, 5, len(task.dictionary))
+    _, old = build("transformer_lm", "mixtape", "--decoder-output-dim", "8",
+                   "--output-layer-reads", "projection")
+    assert output_layer_of(old).input_dim == 8 and output_layer_of(old).embed_dim == 16
     with pytest.raises(ValueError, match="output embedding dim"):
         build("transformer_lm", "softmax", "--decoder-output-dim", "8")
 

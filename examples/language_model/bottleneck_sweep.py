@@ -2,12 +2,14 @@
 """The softmax bottleneck where it binds: a sweep of the output width E on a word-level corpus
 (Penn Treebank by default), every model trained to a plateau with the same budget.
 
-One fixed ``transformer_lm`` body; its output is projected to E dimensions
-(``--decoder-output-dim E``) and the input/output embedding is tied at width E, so every output
-layer sees the same E-dimensional vector g. A softmax over g has log-probability rank <= E + 1;
-the layers compared at each E:
+One fixed ``transformer_lm`` body of width d (``--body-dim``) with a tied input/output
+embedding of width E (``--decoder-input-dim E --decoder-output-dim E``). Softmax and sigsoftmax
+read the body's hidden state g projected linearly to E (fairseq's ``project_out_dim``), so their
+log-probability rank is <= E + 1; the mixtures read g itself, as in the papers (their maps of g
+take the projection's place; ``--output-layer-reads projection`` puts them after it instead, the
+wiring of the plugin before version 0.2.0). The layers compared at each E:
 
-  softmax         log_softmax(g . w_x)
+  softmax         log_softmax((P g) . w_x)
   mixtape         Mixtape, K = 4, the plugin's defaults
   control         Mixtape with K = 1: the same tanh context layer (and the scale the defaults give
                   it) without a mixture, so a softmax bottleneck caps it at rank E + 1 too
@@ -19,7 +21,11 @@ the layers compared at each E:
 Every run: --max-epochs epochs, Adam with linear warm-up and linear decay to 0 at the last update,
 validation every epoch, checkpoints every epoch and every --save-updates updates (a rerun resumes
 unfinished runs from them and skips finished steps; with --restore, a fresh work tree takes the
-finished runs from the committed sweep.json). Then fairseq-eval-lm on valid and test
+finished runs from the committed sweep.json). Each run's result.json records its settings (the
+wiring, the epochs, the plugin's commit): a run folder recorded with other settings is refused.
+``--reuse OLD/sweep.json`` takes, from a sweep with the other wiring, the runs that the wiring
+does not change (softmax and sigsoftmax at every E, every layer at the widest E = d, where there
+is no projection) instead of training them again. Then fairseq-eval-lm on valid and test
 (blocks of --tokens-per-sample tokens, no context beyond the block), the numerical and
 eps-effective ranks of the test log-probability matrix, and the results: OUT_RESULTS/sweep.{md,json},
 sweep_ppl.png (test perplexity against E), sweep_relative.png (relative to softmax) and
@@ -45,7 +51,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
 from fairseq_mixtape_tools.experiments import (  # noqa: E402
     OUTPUT_VARIANTS, Run, evaluate_lm, format_mean, mean_and_spread, measure_rank, rank_cell,
-    restore_finished, run_in_parallel, seconds_per_epoch, seeds_cell, values_of)
+    plugin_commit, restore_finished, run_in_parallel, seconds_per_epoch, seeds_cell, values_of)
 from fairseq_mixtape_tools.arguments import (  # noqa: E402
     check_choices, check_counts, check_positive, check_probability, comma_list)
 from fairseq_mixtape_tools.runner import run_tool, stop_tools_on_terminate  # noqa: E402
@@ -55,6 +61,8 @@ DEFAULT_VARIANTS = ["softmax", "mixtape", "control", "mos", "mixtape_papers"]
 EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control")
 SPLIT_NAMES = ("ptb.{}.txt", "{}.txt", "wiki.{}.tokens")
 STAGES = ("prepare", "train", "eval", "rank", "table")
+WIRINGS = ("hidden", "projection")
+UNWIRED = ("softmax", "sigsoftmax")  # layers that read the projection in both wirings
 PLATEAU = 2.0  # % improvement of valid perplexity over the last epoch that counts as a plateau
 
 
@@ -64,11 +72,18 @@ def parse_args(argv=None):
     parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared/data/ptb",
                         help="folder with a word-level corpus: train/valid/test files named "
                              + ", ".join(n.format("X") for n in SPLIT_NAMES))
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/sweep"),
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/sweep_hidden"),
                         help="work folder: data-bin, runs/E*/VARIANT_seedS/")
     parser.add_argument("--results-dir", type=pathlib.Path,
-                        default=REPO / "examples/language_model/results",
+                        default=REPO / "examples/language_model/results/sweep_hidden",
                         help="where sweep.md, sweep.json and the plots go")
+    parser.add_argument("--output-layer-reads", choices=WIRINGS, default="hidden",
+                        help="what the mixtures read: the body's hidden state (the papers' "
+                             "wiring) or its linear projection to E (the wiring before 0.2.0)")
+    parser.add_argument("--reuse", type=pathlib.Path,
+                        help="sweep.json of a sweep with the other wiring: its finished softmax "
+                             "and sigsoftmax runs, and every run at E = --body-dim, are taken "
+                             "instead of trained (they must have run --max-epochs epochs)")
     parser.add_argument("--dims", type=comma_list(int), default=[16, 32, 64, 128],
                         help="output widths E")
     parser.add_argument("--layers", type=comma_list(str), default=DEFAULT_VARIANTS,
@@ -124,6 +139,8 @@ def check_args(parser, args):
     if args.clip_norm < 0:
         parser.error(f"--clip-norm: got {args.clip_norm:g}; allowed: a number >= 0 (0: no "
                      "clipping)")
+    if args.reuse is not None and not args.reuse.is_file():
+        parser.error(f"--reuse: no such file {args.reuse}; allowed: a sweep.json")
     if "prepare" in args.stages:
         args.corpus = {split: corpus_file(parser, args.data, split)
                        for split in ("train", "valid", "test")}
@@ -187,7 +204,8 @@ def train_arguments(args, run, total_updates):
     dim = run.dim
     return [
         args.out / "data-bin", "--task", "language_modeling", "--arch", "transformer_lm_mixtape",
-        *VARIANTS[run.layer], "--decoder-layers", args.body_layers,
+        *VARIANTS[run.layer], "--output-layer-reads", args.output_layer_reads,
+        "--decoder-layers", args.body_layers,
         "--decoder-embed-dim", args.body_dim, "--decoder-ffn-embed-dim", args.ffn_dim,
         "--decoder-attention-heads", 4, "--decoder-input-dim", dim, "--decoder-output-dim", dim,
         "--share-decoder-input-output-embed", "--dropout", args.dropout,
@@ -213,9 +231,37 @@ def train(args, run, total_updates):
     return result
 
 
+def settings(args) -> dict:
+    """What a run's numbers depend on beyond its flags, recorded in its result.json."""
+    return {"output_layer_reads": args.output_layer_reads, "max_epochs": args.max_epochs,
+            "plugin_commit": plugin_commit()}
+
+
+def reuse_unchanged(args, runs) -> None:
+    """Take from ``--reuse`` (a sweep.json of the other wiring) the finished runs that the
+    wiring does not change: softmax and sigsoftmax, and every layer at E = d (no projection);
+    they are marked ``reused_from`` and not trained. An entry of another length is refused."""
+    saved = json.loads(args.reuse.read_text())
+    for run in runs:
+        entry = saved.get(run.name, {})
+        if (run.layer not in UNWIRED and run.dim != args.body_dim) or "rank" not in entry:
+            continue
+        epochs = len(entry.get("valid_ppl_curve", []))
+        if epochs != args.max_epochs:
+            raise ValueError(f"--reuse: {args.reuse} holds {run.name} trained for {epochs} "
+                             f"epochs; allowed: runs of --max-epochs {args.max_epochs}")
+        run.result = {**entry, "reused_from": str(args.reuse)}
+        run.reused = True
+        print(f"    {run.name}: reused from {args.reuse} (the wiring does not change it)",
+              flush=True)
+
+
 def execute(args, run, total_updates):
     """Every stage of one run; finished steps are skipped (their values are in result.json)."""
+    if getattr(run, "reused", False):
+        return
     bin_dir = args.out / "data-bin"
+    run.check_settings(settings(args))
     if "train" in args.stages:
         run.step("train_seconds", lambda: train(args, run, total_updates),
                  f"E = {run.dim}: fairseq-train ({args.max_epochs} epochs, {total_updates} updates)")
@@ -252,8 +298,12 @@ def write_table(args, runs, total_updates):
         by_cell.setdefault((run.dim, run.layer), []).append(run)
     lines = [
         f"Output-width sweep on {args.data.name}: transformer_lm body {args.body_layers} layers x "
-        f"{args.body_dim} (FFN {args.ffn_dim}), output projected to E and tied E-dim "
-        f"embeddings; {args.max_epochs} epochs ({total_updates} updates of {args.batch_size} x "
+        f"{args.body_dim} (FFN {args.ffn_dim}), tied E-dim embeddings; softmax and sigsoftmax "
+        "read the hidden state projected linearly to E, the mixtures read "
+        + ("the hidden state itself (the papers' wiring)" if args.output_layer_reads == "hidden"
+           else "that projection (the wiring before 0.2.0)")
+        + (f"; runs marked * reused from {args.reuse}" if args.reuse else "")
+        + f"; {args.max_epochs} epochs ({total_updates} updates of {args.batch_size} x "
         f"{args.tokens_per_sample} tokens), Adam lr {args.lr:g}, {args.warmup_updates} warm-up "
         f"updates then linear decay to 0, "
         + (f"gradient norm clipped at {args.clip_norm:g}" if args.clip_norm else "no clipping")
@@ -273,7 +323,8 @@ def write_table(args, runs, total_updates):
                 continue
             params = values_of(group, "parameters")
             lines.append(
-                f"| {dim} | {variant} | {seeds_cell(group, 'test_ppl')} "
+                f"| {dim} | {variant}{'*' if any(getattr(r, 'reused', False) for r in group) else ''} "
+                f"| {seeds_cell(group, 'test_ppl')} "
                 f"| {f'{int(params[0]):,}' if params else '-'} | {cell(group, 'valid_ppl')} "
                 f"| {cell(group, 'test_ppl')} | {relative(group, softmax)} "
                 f"| {relative(group, control)} | {plateau_cell(group)} | {rank_cell(group)} "
@@ -367,6 +418,12 @@ def main(argv=None):
     runs = plan(args)
     if args.restore:
         restore_finished(runs, args.results_dir / "sweep.json")
+    if args.reuse:
+        try:
+            reuse_unchanged(args, runs)
+        except ValueError as error:
+            print(error, file=sys.stderr, flush=True)
+            return 2
     print(f"{len(runs)} runs, {total_updates} updates each, {args.jobs} at a time", flush=True)
     failures = run_in_parallel(runs, lambda run: execute(args, run, total_updates), args.jobs)
     if "table" in args.stages:

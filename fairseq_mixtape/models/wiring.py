@@ -6,17 +6,21 @@ model, then ``attach_output_layer``; it adds nothing else (but, for LSTMs, fairs
 ``features_only`` convention).
 """
 
+import contextlib
 import dataclasses
 import logging
-from typing import Iterable
+from typing import Iterable, Optional
+
+import torch.nn as nn
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY, register_model_architecture
 from fairseq.models.lstm import LSTMDecoder
 from fairseq.utils import safe_getattr, safe_hasattr
+from omegaconf import OmegaConf, open_dict
 
-from ..output_layers import OutputLayer, OutputLayerConfig, build_output_layer
-from ..output_layers.base import check_option
+from ..output_layers import OUTPUT_LAYERS, OutputLayer, OutputLayerConfig, build_output_layer
+from ..output_layers.base import ContextMixture, check_option
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +41,16 @@ class WithOutputLayer:
     def build_model(cls, args, task):
         model = super().build_model(args, task)
         attach_output_layer(model.decoder, args, cls.features_dim(model, args))
+        model.output_layer_args = args  # to rebuild the layer for an older checkpoint's wiring
         return model
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        keep_checkpoint_wiring(self, state_dict, model_cfg)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     @staticmethod
     def features_dim(model, args) -> int:
-        """The size of the decoder features the output layer receives."""
+        """E, the width of the stock decoder's features (after its projection, if any)."""
         return model.decoder.output_embed_dim  # Transformer decoders
 
 
@@ -84,17 +93,38 @@ def _preset(preset: str, layer: str):
     return architecture
 
 
-def attach_output_layer(decoder, args, input_dim: int):
-    """Replace a stock decoder's output projection by the OutputLayer that ``args`` names."""
+def attach_output_layer(decoder, args, features_dim: int):
+    """Replace a stock decoder's output projection by the OutputLayer that ``args`` names.
+
+    ``features_dim`` is E, the width of the stock decoder's features: the output embedding's.
+    Where the decoder narrows its hidden state g (width d) to E with a linear projection P
+    (Transformer ``project_out_dim``, LSTM ``additional_fc``), a mixture (MoS, mixture of
+    sigsoftmaxes, Mixtape) reads g itself, as in the papers (``--output-layer-reads hidden``):
+    its maps of g take P's place, and P is removed from the decoder, so that no parameter goes
+    unused. Softmax and sigsoftmax read P g: the projection is their layer."""
     name = safe_getattr(args, "output_layer", "softmax")
     if getattr(decoder, "adaptive_softmax", None) is not None:
         check_option(name == "softmax", "--output-layer", name,
                      "softmax only, with --adaptive-softmax-cutoff (adaptive softmax is an output "
                      "layer of its own)")
         return
+    reads = safe_getattr(args, "output_layer_reads", None) or "hidden"
+    check_option(reads in WIRINGS, "--output-layer-reads", reads, ", ".join(WIRINGS))
+    input_dim = features_dim
+    projection = stock_projection(decoder)
+    if projection is not None and reads == "hidden" and reads_hidden_state(name):
+        input_dim = getattr(decoder, projection).in_features               # d
+        remove_stock_projection(decoder)
+    install_output_layer(decoder, args, input_dim, features_dim)
+
+
+def install_output_layer(decoder, args, input_dim: int, embed_dim: int):
+    """Build the OutputLayer (reading ``input_dim``-wide features, with an ``embed_dim``-wide
+    output embedding, the decoder's input embedding where tied) in the output projection's
+    place, and log which width it reads."""
     embed_weight = decoder.embed_tokens.weight if decoder.share_input_output_embed else None
     dictionary = decoder.dictionary
-    layer = build_output_layer(args, input_dim, len(dictionary), embed_weight,
+    layer = build_output_layer(args, input_dim, len(dictionary), embed_weight, embed_dim,
                                first_target=first_target(dictionary))
     if getattr(layer, "frequent", 0) > 0:
         check_gate_slots_seen(dictionary, layer.frequent_ids)
@@ -106,6 +136,97 @@ def attach_output_layer(decoder, args, input_dim: int):
         decoder.fc_out = layer
     else:
         decoder.output_projection = layer
+    projection = stock_projection(decoder)
+    logger.info("output layer %s reads %s (width %d); output embedding width %d", layer.name,
+                f"the decoder's {projection}" if projection else "the decoder's hidden state",
+                input_dim, layer.embed_dim)
+    return layer
+
+
+WIRINGS = ("hidden", "projection")  # --output-layer-reads
+STOCK_PROJECTIONS = ("project_out_dim", "additional_fc")  # Transformer's, LSTM's (E < d)
+
+
+def reads_hidden_state(name: str) -> bool:
+    """Whether ``--output-layer NAME`` takes the place of a stock projection to E under
+    ``--output-layer-reads hidden``: the mixtures, whose maps of g the papers apply to the
+    hidden state; a softmax's (and sigsoftmax's) layer is the projection itself."""
+    return name in OUTPUT_LAYERS and issubclass(OUTPUT_LAYERS[name], ContextMixture)
+
+
+def stock_projection(decoder) -> Optional[str]:
+    """The name of the decoder's linear projection from its hidden state to E, if it has one:
+    the Transformer's ``project_out_dim`` (None where d = E), the LSTM's ``additional_fc``
+    (absent where d = E)."""
+    return next((name for name in STOCK_PROJECTIONS
+                 if isinstance(getattr(decoder, name, None), nn.Linear)), None)
+
+
+def remove_stock_projection(decoder) -> None:
+    """Remove the projection: fairseq's Transformer tests ``project_out_dim is not None``, its
+    LSTM ``hasattr(self, "additional_fc")``."""
+    if isinstance(decoder, LSTMDecoder):
+        del decoder.additional_fc
+    else:
+        decoder.project_out_dim = None
+
+
+def keep_checkpoint_wiring(model, state_dict, model_cfg) -> None:
+    """Before ``model`` loads ``state_dict``: a checkpoint whose mixture read the stock
+    projection (``--output-layer-reads projection``, and every checkpoint of version 0.1) keeps
+    that wiring, even where the model was built to read the hidden state (the default since
+    0.2.0): the projection is put back and the layer rebuilt to read its E-wide output, so the
+    checkpoint gives its old scores exactly and resumes training with its optimizer state.
+    ``model_cfg`` (which fairseq saves with later checkpoints) then says ``projection``. The
+    opposite, a checkpoint without the projection loaded into a model built with it, is refused
+    with a message naming the flag."""
+    decoder = model.decoder
+    layer = output_layer_of(model, required=False)
+    if layer is None or not reads_hidden_state(layer.name):
+        return
+    name = "additional_fc" if isinstance(decoder, LSTMDecoder) else "project_out_dim"
+    weight = state_dict.get(f"decoder.{name}.weight")
+    built = stock_projection(decoder) is not None
+    if built and weight is None:
+        raise ValueError(
+            f"--output-layer-reads: got 'projection'; allowed: 'hidden' for this checkpoint, "
+            f"whose {layer.name} layer reads the decoder's hidden state (it has no decoder.{name})")
+    if weight is None or built:
+        return
+    logger.warning("the checkpoint's %s layer reads the decoder's %s (--output-layer-reads "
+                   "projection, the wiring before version 0.2.0): kept", layer.name, name)
+    projection = nn.Linear(weight.shape[1], weight.shape[0],
+                           bias=f"decoder.{name}.bias" in state_dict).to(layer.weight)
+    # where the stock decoder registers it, before the output layer: the parameters' order,
+    # which the optimizer's saved state follows, is the one the checkpoint was trained with
+    register_before(decoder, name, projection, "fc_out" if name == "additional_fc"
+                    else "output_projection")
+    decoder.share_input_output_embed = layer.weight is decoder.embed_tokens.weight
+    args = set_config(model_cfg if model_cfg is not None else model.output_layer_args,
+                      output_layer_reads="projection")
+    install_output_layer(decoder, args, layer.embed_dim, layer.embed_dim).to(layer.weight)
+
+
+def register_before(parent: nn.Module, name: str, module: nn.Module, before: str) -> None:
+    """Register ``module`` as ``parent.name``: in its own place in the order of submodules where
+    that name is registered already (as None), else just before ``parent.before``."""
+    if name in parent._modules:
+        parent._modules[name] = module
+        return
+    items = list(parent._modules.items())
+    parent._modules.clear()
+    for key, value in items:
+        if key == before:
+            parent._modules[name] = module
+        parent._modules[key] = value
+
+
+def set_config(cfg, **values):
+    """``cfg`` (an OmegaConf config or an argparse namespace) with ``values`` set in place."""
+    with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
+        for key, value in values.items():
+            setattr(cfg, key, value)
+    return cfg
 
 
 def first_target(dictionary) -> int:
@@ -140,11 +261,14 @@ def warn_if_not_frequency_sorted(dictionary, frequent_ids: range):
             frequent_ids.start, frequent_ids.stop - 1)
 
 
-def output_layer_of(model) -> OutputLayer:
-    """The OutputLayer of a model built by this plugin (for the criterions and tools)."""
+def output_layer_of(model, required: bool = True) -> Optional[OutputLayer]:
+    """The OutputLayer of a model built by this plugin (for the criterions and tools); for other
+    models a ValueError, or None where not ``required``."""
     decoder = model.decoder
     projection = "fc_out" if isinstance(decoder, LSTMDecoder) else "output_projection"
     layer = getattr(decoder, projection, None)  # a stock decoder may have none (tied, adaptive)
+    if not isinstance(layer, OutputLayer) and not required:
+        return None
     if not isinstance(layer, OutputLayer):
         raise ValueError(
             f"{type(model).__name__} has no fairseq-mixtape output layer: use one of the "

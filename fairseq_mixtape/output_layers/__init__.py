@@ -68,6 +68,16 @@ class OutputLayerConfig(FairseqDataclass):
         metadata={"help": "mixtape: standard deviation sigma of Gaussian noise N(0, sigma^2) "
                           "added to the gate logits before the sigmoids (the K-1 shared ones of "
                           "each position, and the S frequent tokens' own); training only"})
+    output_layer_reads: ChoiceEnum(["hidden", "projection"]) = field(
+        default="hidden",
+        metadata={"help": "where a decoder narrows its hidden state g (width d) to the output "
+                          "width E before the output layer (Transformer --decoder-output-dim, "
+                          "LSTM --decoder-out-embed-dim): hidden (the papers' wiring) lets the "
+                          "mixtures (mos, mos_sigsoftmax, mixtape) read g itself, their maps of g "
+                          "taking the place of fairseq's linear projection; projection puts them "
+                          "after that projection (the plugin's wiring before version 0.2.0). "
+                          "softmax and sigsoftmax always read the projection, which is their "
+                          "layer. A checkpoint keeps the wiring it was trained with"})
     compile_output_layer: bool = field(
         default=False,
         metadata={"help": "run the output layer through torch.compile (dynamic shapes; "
