@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The output-width sweep with the mixtures reading the hidden state (the papers' wiring), run by
+# run in the order of its questions, from a pinned checkout of the plugin, so that later edits
+# of the code do not change runs in flight. Resumable: a rerun skips finished runs and resumes
+# the others from their checkpoints; run folders in runs/, results in
+# examples/language_model/results/sweep_hidden*/ (committed as runs finish).
+#
+#   nohup bash examples/language_model/sweep_hidden.sh [COMMIT] > runs/sweep_hidden.log 2>&1 &
+#
+# The runs that the wiring does not change (softmax and sigsoftmax at every E, every layer at
+# E = 128) are reused from the sweep with the old wiring (results/sweep.json). About 14
+# core-hours on 2 cores, two runs at a time, one torch thread each.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+COMMIT=${1:-fe9c399e1950a92296b937c39619b0ff750b242d}
+CODE=runs/code-${COMMIT:0:12}
+if [[ ! -d $CODE ]]; then
+  mkdir -p runs
+  git worktree add --detach "$CODE" "$COMMIT"
+fi
+RESULTS=$ROOT/examples/language_model/results
+OLD=$RESULTS/sweep.json   # the sweep with the mixtures after the projection (version 0.1)
+sweep() {  # the pinned checkout's sweep script and plugin (PYTHONPATH: not the installed one)
+  PYTHONPATH=$ROOT/$CODE "$ROOT/.venv/bin/python" "$CODE/examples/language_model/bottleneck_sweep.py" \
+    --data "$ROOT/../shared/data/ptb" "$@"
+}
+six() { sweep --out runs/sweep_hidden --results-dir "$RESULTS/sweep_hidden" "$@"; }
+twelve() {
+  sweep --out runs/sweep_hidden_12ep --results-dir "$RESULTS/sweep_hidden_12ep" --max-epochs 12 \
+    --dims 16 --extra-seeds '' "$@"
+}
+table() {  # every run of the 6-epoch sweep, finished or to come, in one table and figure
+  six --dims 16,32,64,128 --layers softmax,mixtape,control,mos,sigsoftmax --reuse "$OLD" \
+    --stages table > /dev/null
+}
+
+# 1. E = 16: Mixtape and the control, seeds 1 and 2 (softmax's two seeds reused)
+six --dims 16 --layers softmax,mixtape,control --reuse "$OLD" --jobs 2
+table
+# 2 and 3 side by side, one run each at a time:
+#    the plateau check, 12 epochs at E = 16: softmax and Mixtape, then the control;
+#    E = 32 and 64: Mixtape and the control, then MoS-4 at E = 16 and 64
+( twelve --layers softmax,mixtape,control --jobs 1 ) &
+( six --dims 32,64 --layers mixtape,control --extra-seeds '' --jobs 1 && table
+  six --dims 16,64 --layers mos --extra-seeds '' --jobs 1 && table ) &
+wait
+table
+echo "sweep_hidden: all runs done"
