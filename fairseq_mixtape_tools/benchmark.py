@@ -355,7 +355,7 @@ def autocast(args, device):
 # ----------------------------------------------------------------------------- sections
 def output_layer_section(args, device) -> List[Result]:
     """The output layer alone, at every d and V: train and infer steps."""
-    from fairseq_mixtape.criterions.chunked import linear_cross_entropy_losses
+    from fairseq_mixtape.losses import linear_cross_entropy_losses
     from fairseq_mixtape.output_layers import build_output_layer
 
     results = []
@@ -589,7 +589,7 @@ def compiled_graphs() -> Dict[str, int]:
 def check_compiled(models, names, graphs_before, args, label):
     """After the timed rounds: every compiled entry ran compiled (no eager fallback) and no
     graph was compiled during the measurement; a note for the Markdown, a warning if not."""
-    from fairseq_mixtape.criterions.chunked import compiled_token_losses
+    from fairseq_mixtape.losses import compiled_token_losses
     from fairseq_mixtape.models.wiring import output_layer_of
 
     failures = {name: output_layer_of(models[name.replace(CHUNKED, "mos")]).compiled_forward
@@ -664,7 +664,7 @@ def chunk_setting(text: str):
 def chunk_positions(setting, layer) -> int:
     """The positions per chunk of a --memory-chunk-tokens setting for the output layer ``layer``
     (the default follows its scores per position: V, MoS K x V)."""
-    from fairseq_mixtape.criterions.chunked import default_chunk_tokens
+    from fairseq_mixtape.losses import default_chunk_tokens
 
     return default_chunk_tokens(layer.scores_per_position) if setting == DEFAULT_CHUNKS else setting
 

@@ -5,7 +5,7 @@
 
 What one step is: the training step of the layer alone on random features (1 sequence of N
 positions, width E) and random targets, as the plugin's criterions compute it for one chunk:
-``criterions.chunked.token_losses`` (the layer's forward, float32 log_softmax, NLL of every
+``losses.token_losses`` (the layer's forward, float32 log_softmax, NLL of every
 position), the backward of the summed NLL to the features and the parameters. Two modes:
 
 ``eager``     ``token_losses`` itself;
@@ -99,7 +99,7 @@ def add_arguments(parser):
     g.add_argument("--grid-vocabs", type=int, nargs="+", default=VOCABS, help="V, each")
     g.add_argument("--grid-positions", type=int, default=POSITIONS, help="positions N per step")
     g.add_argument("--grid-modes", nargs="+", default=MODES, choices=MODES,
-                   help="eager: criterions.chunked.token_losses; compiled: "
+                   help="eager: losses.token_losses; compiled: "
                         "compiled_token_losses(), as with --compile-output-layer")
 
 
@@ -183,7 +183,7 @@ def probe(name: str, dim: int, vocab: int, args) -> Cost:
     cpu = torch.device("cpu")
     layer = build_layer(name, dim, vocab, args, cpu)
     features, target = random_batch(dim, vocab, PROBE_POSITIONS, cpu)
-    from fairseq_mixtape.criterions.chunked import token_losses
+    from fairseq_mixtape.losses import token_losses
 
     with LiveTensorPeak() as tracker:
         train_step(token_losses, layer, features, target, args, cpu)
@@ -283,7 +283,7 @@ def cell_seconds(costs: Dict[str, Cost], dim: int, modes, rates, args) -> float:
 # ----------------------------------------------------------------------------- measuring
 def measure_cell(dim: int, vocab: int, mode: str, args, device) -> Dict[str, Tuple]:
     """Every layer at (dim, vocab) in ``mode``, interleaved: {layer: (Result, compile s, note)}."""
-    from fairseq_mixtape.criterions.chunked import compiled_token_losses, token_losses
+    from fairseq_mixtape.losses import compiled_token_losses, token_losses
 
     torch._dynamo.reset()  # no graphs (and guards) of the previous cell
     compiled_token_losses.cache_clear()  # and a fresh Compiled: no fallback carried over
@@ -579,7 +579,7 @@ def markdown(rows, args, device) -> str:
         f"- layers: softmax, Mixtape (K=4, S=0.1V, d1=min(64, E)), MoS-{K}; "
         f"{args.grid_positions} positions per step (one sequence), float32 log-softmax and "
         "NLL on random targets, backward to the features and the parameters",
-        "- eager: `criterions.chunked.token_losses`; compiled: `compiled_token_losses()` (the "
+        "- eager: `losses.token_losses`; compiled: `compiled_token_losses()` (the "
         "layer, log-softmax and loss compiled as one function, as `--compile-output-layer` runs "
         "them), after one untimed compiling step per layer; the compiler's caches reset before "
         "every cell",

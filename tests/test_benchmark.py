@@ -172,7 +172,7 @@ def test_memory_section_writes_tables(tmp_path):
 def test_memory_unset_chunks_follow_each_layer(tmp_path, monkeypatch):
     """Unset, MoS-K's chunks hold K times fewer positions than softmax's (K x V scores per
     position), and the table names both sizes."""
-    from fairseq_mixtape.criterions import chunked
+    from fairseq_mixtape import losses as chunked
 
     monkeypatch.setattr(chunked, "CHUNK_SCORES", 2000 * 64)  # softmax: 64 positions at V = 2K
     main(MEMORY_SMALL + ["--layers", "softmax", "mos", "--memory-chunk-tokens", "default",

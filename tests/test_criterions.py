@@ -11,8 +11,8 @@ from fairseq.logging import metrics
 
 from fairseq_mixtape.criterions import (OutputLayerCrossEntropyCriterion,
                                         OutputLayerLabelSmoothedCrossEntropyCriterion)
-from fairseq_mixtape.criterions import chunked
-from fairseq_mixtape.criterions.chunked import (default_chunk_tokens, rows_per_chunk,
+from fairseq_mixtape import losses as chunked
+from fairseq_mixtape.losses import (default_chunk_tokens, rows_per_chunk,
                                                 token_losses)
 from fairseq_mixtape.models import output_layer_of
 from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
@@ -325,6 +325,9 @@ def test_flags(parsed):
 
 @pytest.mark.parametrize("options,flag", [
     (dict(output_chunk_tokens=-1), "--output-chunk-tokens"),
+    (dict(output_chunk_tokens=2.5), "--output-chunk-tokens"),
+    (dict(output_chunk_tokens=True), "--output-chunk-tokens"),
+    (dict(ignore_prefix_size=0.5), "--ignore-prefix-size"),
     (dict(label_smoothing=1.0), "--label-smoothing"),
     (dict(ignore_prefix_size=-1), "--ignore-prefix-size"),
 ])

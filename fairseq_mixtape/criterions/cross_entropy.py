@@ -24,8 +24,8 @@ from omegaconf import II
 
 from ..models.wiring import output_layer_of
 from ..output_layers import Softmax
-from ..output_layers.base import check_option
-from .chunked import TokenLosses, chunked_token_losses, linear_cross_entropy_losses
+from ..output_layers.base import check_option, is_whole
+from ..losses import TokenLosses, chunked_token_losses, linear_cross_entropy_losses
 from .statistics import log_mixture_statistics, mixture_statistics
 
 
@@ -87,11 +87,13 @@ class OutputLayerCrossEntropyCriterion(FairseqCriterion):
         if linear_cross_entropy:
             check_linear_cross_entropy(label_smoothing, report_accuracy)
         self.linear_cross_entropy = linear_cross_entropy
-        check_option(output_chunk_tokens is None or output_chunk_tokens >= 0,
+        check_option(output_chunk_tokens is None or (is_whole(output_chunk_tokens)
+                                                     and output_chunk_tokens >= 0),
                      "--output-chunk-tokens", output_chunk_tokens,
                      "0 (no chunks), a number of target positions per chunk, or unset (4096, "
                      "fewer at large vocabularies)")
-        check_option(ignore_prefix_size >= 0, "--ignore-prefix-size", ignore_prefix_size,
+        check_option(is_whole(ignore_prefix_size) and ignore_prefix_size >= 0,
+                     "--ignore-prefix-size", ignore_prefix_size,
                      "an integer >= 0")
         check_option(0.0 <= label_smoothing < 1.0, "--label-smoothing", label_smoothing,
                      "a probability in [0, 1)")

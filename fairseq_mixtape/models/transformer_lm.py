@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from fairseq.models import register_model
 from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
 
-from ..output_layers import OutputLayerConfig
 from ..output_layers.base import check_option
+from .flags import OutputLayerFlags
 from .wiring import WithOutputLayer, register_presets
 
 PRESETS = ["transformer_lm", "transformer_lm_wiki103", "transformer_lm_gbw"]
@@ -14,7 +14,7 @@ PRESETS = ["transformer_lm", "transformer_lm_wiki103", "transformer_lm_gbw"]
 
 @dataclass
 class TransformerLanguageModelWithOutputLayerConfig(TransformerLanguageModelConfig,
-                                                    OutputLayerConfig):
+                                                    OutputLayerFlags):
     pass
 
 

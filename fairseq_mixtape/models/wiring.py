@@ -19,8 +19,9 @@ from fairseq.models.lstm import LSTMDecoder
 from fairseq.utils import safe_getattr, safe_hasattr
 from omegaconf import OmegaConf, open_dict
 
-from ..output_layers import OUTPUT_LAYERS, OutputLayer, OutputLayerConfig, build_output_layer
+from ..output_layers import OUTPUT_LAYERS, OutputLayer, build_output_layer
 from ..output_layers.base import ContextMixture, check_option
+from .flags import WIRINGS, OutputLayerFlags
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,13 @@ class WithOutputLayer:
 
 
 def add_output_layer_args(parser):
-    """The OutputLayerConfig flags, without defaults, so that arch presets can set them."""
-    gen_parser_from_dataclass(parser, OutputLayerConfig(), delete_default=True)
+    """The plugin's flags, without defaults, so that arch presets can set them."""
+    gen_parser_from_dataclass(parser, OutputLayerFlags(), delete_default=True)
 
 
 def set_output_layer_defaults(args, layer: str):
     args.output_layer = safe_getattr(args, "output_layer", layer)
-    for field in dataclasses.fields(OutputLayerConfig):
+    for field in dataclasses.fields(OutputLayerFlags):
         if not safe_hasattr(args, field.name) or getattr(args, field.name) is None:
             setattr(args, field.name, field.default)
 
@@ -143,7 +144,6 @@ def install_output_layer(decoder, args, input_dim: int, embed_dim: int):
     return layer
 
 
-WIRINGS = ("hidden", "projection")  # --output-layer-reads
 STOCK_PROJECTIONS = ("project_out_dim", "additional_fc")  # Transformer's, LSTM's (E < d)
 
 

@@ -3,13 +3,12 @@
     build_output_layer(cfg, input_dim, num_tokens, embed_weight=None)
 
 builds the layer named by ``cfg.output_layer`` (an ``OutputLayerConfig``, or any object with
-its fields, such as fairseq's argparse namespace).
+its fields, such as fairseq's argparse namespace). Needs torch alone: the fairseq plugin's flags
+(``fairseq_mixtape.models.flags``) are made from ``OutputLayerConfig``'s fields.
 """
 
 from dataclasses import dataclass, field
 from typing import Optional
-
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from .base import OUTPUT_LAYERS, OutputLayer, check_option, register_output_layer
 from .softmax import Softmax  # noqa: I001  (import order = order of the --output-layer choices)
@@ -17,12 +16,13 @@ from .mos import MixtureOfSoftmaxes
 from .mixtape import Mixtape
 from .sigsoftmax import MixtureOfSigsoftmaxes, Sigsoftmax
 
-OUTPUT_LAYER_CHOICES = ChoiceEnum(list(OUTPUT_LAYERS))
-
 
 @dataclass
-class OutputLayerConfig(FairseqDataclass):
-    output_layer: OUTPUT_LAYER_CHOICES = field(
+class OutputLayerConfig:
+    """The output layer's settings, one field per flag of the fairseq plugin (``--output-layer``,
+    ``--output-components``, ...), with the same defaults."""
+
+    output_layer: str = field(
         default="softmax",
         metadata={"help": "decoder output layer: softmax (baseline), mos (mixture of softmaxes), "
                           "mixtape, sigsoftmax, mos_sigsoftmax (mixture of sigsoftmaxes)"})
@@ -68,16 +68,6 @@ class OutputLayerConfig(FairseqDataclass):
         metadata={"help": "mixtape: standard deviation sigma of Gaussian noise N(0, sigma^2) "
                           "added to the gate logits before the sigmoids (the K-1 shared ones of "
                           "each position, and the S frequent tokens' own); training only"})
-    output_layer_reads: ChoiceEnum(["hidden", "projection"]) = field(
-        default="hidden",
-        metadata={"help": "where a decoder narrows its hidden state g (width d) to the output "
-                          "width E before the output layer (Transformer --decoder-output-dim, "
-                          "LSTM --decoder-out-embed-dim): hidden (the papers' wiring) lets the "
-                          "mixtures (mos, mos_sigsoftmax, mixtape) read g itself, their maps of g "
-                          "taking the place of fairseq's linear projection; projection puts them "
-                          "after that projection (the plugin's wiring before version 0.2.0). "
-                          "softmax and sigsoftmax always read the projection, which is their "
-                          "layer. A checkpoint keeps the wiring it was trained with"})
     compile_output_layer: bool = field(
         default=False,
         metadata={"help": "run the output layer through torch.compile (dynamic shapes; "

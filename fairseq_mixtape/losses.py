@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..compiled import Compiled
-from ..output_layers import OutputLayer
+from .compiled import Compiled
+from .output_layers import OutputLayer
 
 
 class TokenLosses(NamedTuple):

@@ -1,0 +1,85 @@
+"""The core (output layers, their config and chunked loss) with torch alone. CI runs this file a
+second time in a virtual environment without fairseq (.ci/run), where the package imports only
+the core; here, beside fairseq, the same layers are built through the same API."""
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fairseq_mixtape
+from fairseq_mixtape import OUTPUT_LAYERS, OutputLayerConfig, build_output_layer
+from fairseq_mixtape.losses import chunked_token_losses
+
+FAIRSEQ_INSTALLED = importlib.util.find_spec("fairseq") is not None
+C, E, V = 12, 6, 40  # hidden width d, output embedding width E, vocabulary
+
+
+def layer_of(name: str, **options):
+    components = {"mixtape": 4, "mos": 3, "mos_sigsoftmax": 3}.get(name)
+    cfg = OutputLayerConfig(output_layer=name, output_components=components, **options)
+    return build_output_layer(cfg, C, V, embed_dim=E if components else C, first_target=2)
+
+
+@pytest.mark.skipif(FAIRSEQ_INSTALLED, reason="fairseq is installed here; the environment "
+                    "without it (.ci/run's .venv-core) runs this test")
+def test_package_imports_the_core_alone_without_fairseq():
+    assert fairseq_mixtape.FAIRSEQ is False
+    assert "fairseq_mixtape.models" not in sys.modules and "fairseq" not in sys.modules
+
+
+def test_another_missing_module_still_raises(tmp_path):
+    """Only fairseq's own absence is tolerated: a fairseq that fails to import one of its
+    dependencies makes the import fail, naming that dependency."""
+    broken = tmp_path / "fairseq"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("import a_dependency_that_is_missing\n")
+    code = "import fairseq_mixtape"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert done.returncode != 0
+    assert "No module named 'a_dependency_that_is_missing'" in done.stderr
+
+
+@pytest.mark.parametrize("name", list(OUTPUT_LAYERS))
+def test_every_layer_builds_normalises_and_trains_a_step(name):
+    layer = layer_of(name).double()
+    features = torch.randn(3, 5, C, dtype=torch.float64)
+    log_probs = F.log_softmax(layer(features), dim=-1)                     # (3, 5, V)
+    torch.testing.assert_close(log_probs.logsumexp(-1), torch.zeros(3, 5, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    target = torch.randint(2, V, (3, 5))
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    losses = []
+    for _ in range(2):
+        nll = chunked_token_losses(layer, features, target, padding_idx=-100, chunk_tokens=5).nll
+        losses.append(nll.sum())
+        optimizer.zero_grad()
+        losses[-1].backward()
+        optimizer.step()
+    assert losses[1] < losses[0]
+    full = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)          # the whole (3, 5, V)
+    torch.testing.assert_close(losses[0], full.sum().float(), rtol=1e-6, atol=0)  # float32 loss
+
+
+def test_bad_value_names_the_option():
+    with pytest.raises(ValueError, match=r"--output-components \(K\): got 3"):
+        build_output_layer(OutputLayerConfig(output_layer="mixtape", output_components=3), C, V)
+
+
+def test_core_modules_do_not_import_fairseq():
+    code = textwrap.dedent("""
+        import sys
+        import fairseq_mixtape.output_layers, fairseq_mixtape.losses
+        core = [m for m in sys.modules if m.startswith("fairseq_mixtape")]
+        print(sorted(core))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if not FAIRSEQ_INSTALLED:
+        assert "fairseq_mixtape.models" not in done.stdout
