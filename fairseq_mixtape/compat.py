@@ -2,9 +2,13 @@
 
 - torch >= 2.6 loads checkpoints with ``weights_only=True``. fairseq checkpoints of legacy
   (argparse) models pickle an ``argparse.Namespace``, and the multi-GPU resume broadcast
-  unpickles omegaconf containers. We allowlist exactly those classes; the protection stays on
-  for everything else (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is never needed). Where fairseq's
-  checkpoint loading is still refused (a class outside the allowlist), the error says what to do.
+  unpickles omegaconf containers. We allowlist exactly those classes, and only while fairseq
+  loads a checkpoint (``checkpoint_utils.load_checkpoint_to_cpu``) or broadcasts one
+  (``distributed.utils.broadcast_object``): a user's other ``torch.load`` calls see torch's own
+  list, and entries the user added stay. The protection stays on for everything else
+  (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is never needed). Where fairseq's checkpoint loading is
+  still refused (a class outside the allowlist), the error says what to do. A torch without the
+  allowlist API (< 2.4) loads with ``weights_only=False`` by default and needs none.
 - NumPy 2 removed ``np.compat.long``, ``np.int`` and ``np.float``, which fairseq's data code
   still uses; we restore them as the aliases they always were.
 - fairseq's torchrun set-up divides by the number of GPUs; on CPU it uses device 0 instead.
@@ -14,6 +18,7 @@
 
 import argparse
 import collections
+import contextlib
 import functools
 import os
 import pickle
@@ -42,9 +47,48 @@ def _safe_globals():
     return classes
 
 
+@contextlib.contextmanager
+def fairseq_checkpoint_classes():
+    """Within the block, torch's weights_only loading also allows the classes of fairseq
+    checkpoints; on leaving it, torch's allowlist is what it was before (entries added inside the
+    block by others stay; those the block added go, unless they were there before). torch's own
+    ``safe_globals`` context manager would remove on exit entries the user had added already."""
+    serialization = torch.serialization
+    if not hasattr(serialization, "get_safe_globals"):  # torch < 2.5: nothing to allow
+        yield
+        return
+    before = serialization.get_safe_globals()
+    added = [c for c in _safe_globals() if c not in before]
+    serialization.add_safe_globals(added)
+    try:
+        yield
+    finally:
+        kept = [c for c in serialization.get_safe_globals() if c not in added]
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(kept)
+
+
 def allow_fairseq_checkpoints():
-    if hasattr(torch.serialization, "add_safe_globals"):
-        torch.serialization.add_safe_globals(_safe_globals())
+    """fairseq's checkpoint loading and the distributed broadcast of a loaded checkpoint run
+    inside ``fairseq_checkpoint_classes``."""
+    from fairseq import checkpoint_utils
+    from fairseq.distributed import utils as distributed_utils
+
+    for module, name in ((checkpoint_utils, "load_checkpoint_to_cpu"),
+                         (distributed_utils, "broadcast_object")):
+        function = getattr(module, name)
+        if not getattr(function, "allows_fairseq_classes", False):
+            setattr(module, name, with_fairseq_checkpoint_classes(function))
+
+
+def with_fairseq_checkpoint_classes(function):
+    @functools.wraps(function)
+    def allowed(*args, **kwargs):
+        with fairseq_checkpoint_classes():
+            return function(*args, **kwargs)
+
+    allowed.allows_fairseq_classes = True
+    return allowed
 
 
 REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")

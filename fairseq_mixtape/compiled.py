@@ -34,9 +34,13 @@ class Compiled:
     def __init__(self, fn: Callable, what: str):
         self.fn = fn
         self.what = what
-        self.compiled = torch.compile(fn, dynamic=True)
-        quiet_file_locks()
         self.failure: Optional[str] = None  # why it runs eagerly; None while compiled
+        try:  # torch.compile itself raises where it cannot run (e.g. an older torch on a newer
+            self.compiled = torch.compile(fn, dynamic=True)  # Python)
+        except Exception as error:  # noqa: BLE001  (whatever it raises: warn, run eagerly)
+            self.compiled = None
+            self.fall_back(error)
+        quiet_file_locks()
 
     def __call__(self, *args, **kwargs):
         if self.failure is None:

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-import fairseq_mixtape  # noqa: E402,F401  (torch >= 2.6 loading allowlist)
+from fairseq_mixtape.compat import fairseq_checkpoint_classes  # noqa: E402  (torch >= 2.6)
 from fairseq.checkpoint_utils import torch_persistent_save  # noqa: E402
 
 
@@ -49,7 +49,8 @@ def average_checkpoints(paths):
     """The state of paths[0] with the mean of all the paths' model parameters."""
     new_state, sums = None, collections.OrderedDict()
     for path in paths:
-        state = torch.load(path, map_location="cpu")
+        with fairseq_checkpoint_classes():
+            state = torch.load(path, map_location="cpu")
         if new_state is None:
             new_state = state
         params = state["model"]

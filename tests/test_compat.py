@@ -14,6 +14,8 @@ import torch
 from fairseq import checkpoint_utils
 from omegaconf import OmegaConf
 
+from fairseq_mixtape import compat
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +28,9 @@ def test_protection_is_not_switched_off_globally():
     assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") in (None, "0", "")
 
 
-def test_fairseq_checkpoint_objects_load_with_weights_only(tmp_path):
+def test_fairseq_checkpoint_objects_load_with_weights_only_while_fairseq_loads(tmp_path):
+    """Inside fairseq's checkpoint loading the allowlist holds fairseq's classes; a user's own
+    torch.load elsewhere sees torch's list, and the entries the user added stay."""
     checkpoint = {
         "args": argparse.Namespace(arch="transformer_mixtape", lr=[0.001], output_layer="mixtape"),
         "cfg": {"model": OmegaConf.create({"_name": "transformer_lm_mixtape", "dropout": 0.1}),
@@ -34,17 +38,28 @@ def test_fairseq_checkpoint_objects_load_with_weights_only(tmp_path):
         "model": {"decoder.output_projection.weight": torch.randn(3, 2)},
     }
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
-    loaded = torch.load(tmp_path / "checkpoint.pt")  # torch's default: weights_only=True
+    with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
+        torch.load(tmp_path / "checkpoint.pt")  # torch's default: weights_only=True
+    torch.serialization.add_safe_globals([NotAllowlisted])  # the user's own entry
+    try:
+        with compat.fairseq_checkpoint_classes():
+            loaded = torch.load(tmp_path / "checkpoint.pt")
+        assert argparse.Namespace not in torch.serialization.get_safe_globals()
+        assert NotAllowlisted in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
     assert loaded["args"].output_layer == "mixtape"
     assert loaded["cfg"]["model"].dropout == 0.1
     assert torch.equal(loaded["model"]["decoder.output_projection.weight"],
                        checkpoint["model"]["decoder.output_projection.weight"])
+    assert getattr(checkpoint_utils.load_checkpoint_to_cpu, "__wrapped__", None) is not None
 
 
 def test_unexpected_pickled_objects_are_still_refused(tmp_path):
     torch.save({"model": {}, "extra": NotAllowlisted()}, tmp_path / "evil.pt")
     with pytest.raises(pickle.UnpicklingError, match="weights_only"):
-        torch.load(tmp_path / "evil.pt")
+        with compat.fairseq_checkpoint_classes():
+            torch.load(tmp_path / "evil.pt")
 
 
 def test_fairseq_loading_refused_names_the_fix(tmp_path):

@@ -129,6 +129,21 @@ def test_compiler_failure_falls_back_to_eager(caplog):
     assert torch.equal(scores, layer.forward(features))
 
 
+def test_torch_compile_itself_raising_falls_back_to_eager(monkeypatch, caplog):
+    """Where torch.compile cannot run at all (it raises when called, as an older torch does on a
+    newer Python), the layer builds with a warning naming the flag, and runs eagerly."""
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    with caplog.at_level(logging.WARNING, logger=compiled.__name__):
+        layer = small_layer("mixtape", components=2).compile_forward()
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "--compile-output-layer" in message and "not supported on this Python" in message
+    features = torch.randn(2, 3, 16)
+    assert torch.equal(layer(features), layer.forward(features))
+
+
 @pytest.fixture(scope="module")
 def translation(tmp_path_factory):
     """A tiny translation task and model arguments, with --compile-output-layer."""

@@ -1,6 +1,7 @@
 """The interface every output layer implements, and the registry that maps a name to it."""
 
 import math
+import numbers
 from typing import Callable, Dict, Optional, Type
 
 import torch
@@ -238,8 +239,14 @@ def check_noise(std, flag: str) -> float:
     return float(std)
 
 
+def is_whole(value) -> bool:
+    """An integer, as a count or size must be: not a bool (True is an int to Python), a float
+    (2.5, or 2.0) or a string."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_components(components, power_of_two: bool = False):
-    ok = isinstance(components, int) and components >= 1
+    ok = is_whole(components) and components >= 1
     if power_of_two:
         ok = ok and components & (components - 1) == 0
         allowed = "a power of two >= 1 (1, 2, 4, 8, ...), for mixtape's sigmoid tree"

@@ -1,6 +1,7 @@
 """Mixtape (Yang, Luong, Salakhutdinov, Le, NeurIPS 2019): one softmax over gated logits."""
 
 import math
+import numbers
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -9,14 +10,15 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .base import (ContextMixture, check_components, check_noise, check_option, check_probability,
-                   register_output_layer, sequence_dropout, upcast)
+                   is_whole, register_output_layer, sequence_dropout, upcast)
 
 
 def resolve_frequent_tokens(frequent_tokens: float, num_tokens: int) -> int:
     """S, the number of tokens with their own gates: a fraction of V in [0, 1) or a count."""
     allowed = f"a fraction in [0, 1) or a whole count from 1 to the vocabulary size {num_tokens}"
     flag = "--mixtape-frequent-tokens (S)"
-    check_option(frequent_tokens >= 0, flag, frequent_tokens, allowed)
+    check_option(isinstance(frequent_tokens, numbers.Real) and not isinstance(frequent_tokens, bool)
+                 and frequent_tokens >= 0, flag, frequent_tokens, allowed)
     if frequent_tokens < 1:
         return int(frequent_tokens * num_tokens)
     check_option(float(frequent_tokens).is_integer() and frequent_tokens <= num_tokens, flag,
@@ -107,7 +109,7 @@ class Mixtape(ContextMixture):
         self.gate_dropout = check_probability(gate_dropout, "--mixtape-gate-dropout")
         self.gate_noise = check_noise(gate_noise, "--mixtape-gate-noise")
         gate_dim = default_gate_dim(self.embed_dim) if gate_dim is None else gate_dim
-        check_option(isinstance(gate_dim, int) and gate_dim >= 1, "--mixtape-gate-dim (d1)",
+        check_option(is_whole(gate_dim) and gate_dim >= 1, "--mixtape-gate-dim (d1)",
                      gate_dim, "an integer >= 1")
         self.gate_dim = gate_dim
         self.frequent = resolve_frequent_tokens(frequent_tokens, num_tokens) if components > 1 else 0
