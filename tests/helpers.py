@@ -20,6 +20,7 @@ from fairseq import options, tasks
 from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+from fairseq_mixtape.compat import fairseq_checkpoint_classes
 from fairseq_mixtape.output_layers import OUTPUT_LAYERS
 from fairseq_mixtape_tools.building import model_config, parse_train_args, task_on, with_overrides
 from fairseq_mixtape_tools.memory import LiveTensorPeak as PeakMemory  # noqa: F401
@@ -139,6 +140,17 @@ FAMILIES = {  # family: (task, arch, tiny sizes)
     "lstm_lm": ("language_modeling", "lstm_lm_mixtape", TINY_LSTM_LM + ["--tokens-per-sample", "16"]),
 }
 TIED = {"transformer": "--share-all-embeddings"}  # the others: --share-decoder-input-output-embed
+# Flags that narrow each family's output to E = 8 below its hidden width d = 16, where the
+# stock decoder projects g to E (Transformer project_out_dim, LSTM additional_fc). The
+# translation Transformer's output embedding cannot be tied at E (--share-all-embeddings ties it
+# to the 16-wide encoder embedding): build it with tied=False.
+NARROW = {
+    "transformer": ["--decoder-output-dim", "8"],
+    "lstm": ["--decoder-embed-dim", "8", "--decoder-out-embed-dim", "8"],
+    "transformer_lm": ["--decoder-input-dim", "8", "--decoder-output-dim", "8"],
+    "lstm_lm": ["--decoder-embed-dim", "8", "--decoder-out-embed-dim", "8"],
+}
+NARROW_TIED = {"transformer": False}
 LAYER_SIZES = ["--output-components", "2", "--mixtape-gate-dim", "4",
                "--mixtape-frequent-tokens", "6"]
 
@@ -158,7 +170,8 @@ def fairseq_train(data_dir, family, layer, save_dir, max_update, *extra):
     args = parse(family, layer, *TRAIN_FLAGS, "--save-dir", str(save_dir), "--max-update",
                  str(max_update), *extra, data=str(data_dir))
     train.main(convert_namespace_to_omegaconf(args))
-    return torch.load(save_dir / "checkpoint_last.pt")
+    with fairseq_checkpoint_classes():
+        return torch.load(save_dir / "checkpoint_last.pt")
 
 
 def tiny_dictionary(num_words: int = 30) -> Dictionary:
