@@ -33,6 +33,9 @@ OUTPUT_VARIANTS = {
     "mos": ["--output-layer", "mos", "--output-components", 4],
     "mixtape_papers": ["--output-layer", "mixtape", "--output-components", 4,
                        "--output-context-scale", 1],  # the papers' unscaled contexts
+    # Mixtape with linear contexts h_k = W_k g + e_k (no tanh; not the papers' layer)
+    "mixtape_linear": ["--output-layer", "mixtape", "--output-components", 4,
+                       "--output-context-activation", "linear"],
 }
 
 

@@ -23,10 +23,10 @@ def tree_priors_reference(gate_logits, leaves, node=0):
     return out
 
 
-def mixtape_reference(layer: Mixtape, g):
+def mixtape_reference(layer: Mixtape, g, activation=torch.tanh):
     """All K x V component logits and all V token-specific priors, the slow way (float64)."""
     K, S, E = layer.components, layer.frequent, layer.embed_dim
-    h = layer.context_scale * torch.tanh(layer.context(g)).view(-1, K, E)   # (N, K, E)
+    h = layer.context_scale * activation(layer.context(g)).view(-1, K, E)   # (N, K, E)
     component_logits = torch.einsum("nke,ve->nvk", h, layer.weight)     # (N, V, K)
     if K == 1:
         priors = torch.ones_like(component_logits)
@@ -62,10 +62,10 @@ def mixtape_regularised_reference(layer: Mixtape, g, context_mask=1.0, gate_mask
 
 
 # ---------------------------------------------------------------------------------- MoS
-def mos_probability_space(layer: MixtureOfSoftmaxes, g):
+def mos_probability_space(layer: MixtureOfSoftmaxes, g, activation=torch.tanh):
     """sum_k pi_k softmax(h_k W^T + b): the explicit mixture, in probability space."""
     pi = torch.softmax(g @ layer.prior.weight.t(), -1)                       # (N, K)
-    h = torch.tanh(layer.context(g)).view(*g.shape[:-1], layer.components, -1)
+    h = activation(layer.context(g)).view(*g.shape[:-1], layer.components, -1)
     logits = layer.context_scale * h @ layer.weight.t() + (0 if layer.bias is None else layer.bias)
     return (pi.unsqueeze(-1) * torch.softmax(logits, -1)).sum(-2)
 

@@ -401,6 +401,8 @@ def test_half_precision_inputs_normalise_in_float32(name, dtype):
     (dict(output_layer="mixtape", mixtape_frequent_tokens=-0.1), "--mixtape-frequent-tokens", "fraction"),
     (dict(output_layer="mixtape", mixtape_gate_dim=0), "--mixtape-gate-dim", "integer >= 1"),
     (dict(output_layer="mixtape", mixtape_gate_dim=4.0), "--mixtape-gate-dim", "integer >= 1"),
+    (dict(output_layer="mixtape", output_context_activation="relu"), "--output-context-activation", "tanh, linear"),
+    (dict(output_layer="softmax", output_context_activation="linear"), "--output-context-activation", "no context vectors"),
     (dict(output_layer="mos", output_components=True), "--output-components", "integer >= 1"),
     (dict(output_layer="mixtape", output_components=2.0), "--output-components", "power of two"),
     (dict(output_layer="mixtape", mixtape_frequent_tokens=True), "--mixtape-frequent-tokens", "fraction"),
@@ -430,3 +432,24 @@ def test_softmax_needs_matching_embedding_dim_but_mixtures_project():
     for name in ["mos", "mixtape"]:
         layer = build(name, embed_weight=nn.Parameter(torch.randn(V, C + 4))).eval()
         assert layer(torch.randn(2, C)).shape == (2, V)
+
+
+@pytest.mark.parametrize("name", ["mixtape", "mos"])
+def test_linear_contexts_drop_the_tanh(name):
+    """--output-context-activation linear: h_k = c (W_k g + e_k), the rest of the layer as is."""
+    from references import mixtape_reference, mos_probability_space
+
+    cfg = OutputLayerConfig(output_layer=name, output_components=4,
+                            output_context_activation="linear")
+    layer = build_output_layer(cfg, C, V).double()
+    g = torch.randn(6, C, dtype=torch.float64) * 3
+    identity = lambda x: x  # noqa: E731
+    if name == "mixtape":
+        expected = torch.log_softmax(mixtape_reference(layer, g, identity), -1)
+        tanh = torch.log_softmax(mixtape_reference(layer, g), -1)
+    else:
+        expected = mos_probability_space(layer, g, identity).log()
+        tanh = mos_probability_space(layer, g).log()
+    got = torch.log_softmax(layer(g), -1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    assert not torch.allclose(got, tanh, atol=1e-3)  # the tanh made a difference here

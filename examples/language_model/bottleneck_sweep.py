@@ -17,6 +17,8 @@ wiring of the plugin before version 0.2.0). The layers compared at each E:
   mos             Mixture of Softmaxes, K = 4 (only at --mos-dims: it costs about K softmaxes)
   mixtape_papers  Mixtape with the papers' unscaled contexts, --output-context-scale 1 (only at
                   --papers-dims)
+  mixtape_linear  Mixtape with linear contexts h_k = W_k g + e_k, --output-context-activation
+                  linear (not the papers' layer; not run by default)
 
 Every run: --max-epochs epochs, Adam with linear warm-up and linear decay to 0 at the last update,
 validation every epoch, checkpoints every epoch and every --save-updates updates (a rerun resumes
@@ -88,7 +90,7 @@ def parse_args(argv=None):
                         help="output widths E")
     parser.add_argument("--layers", type=comma_list(str), default=DEFAULT_VARIANTS,
                         help=f"output layers, from {', '.join(VARIANTS)} (default: all but "
-                             "sigsoftmax)")
+                             "sigsoftmax and mixtape_linear)")
     parser.add_argument("--seeds", type=comma_list(int), default=[1], help="seeds of every run")
     parser.add_argument("--extra-seeds", type=comma_list(int), default=[2],
                         help="more seeds for softmax, mixtape and control at the smallest E")

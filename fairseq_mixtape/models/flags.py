@@ -7,6 +7,7 @@ from dataclasses import field
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from ..output_layers import OUTPUT_LAYERS, OutputLayerConfig
+from ..output_layers.base import CONTEXT_ACTIVATIONS
 
 WIRINGS = ("hidden", "projection")  # --output-layer-reads
 
@@ -19,9 +20,13 @@ OUTPUT_LAYER_READS_HELP = (
     "the projection, which is their layer. A checkpoint keeps the wiring it was trained with")
 
 
+CHOICES = {"output_layer": list(OUTPUT_LAYERS),
+           "output_context_activation": list(CONTEXT_ACTIVATIONS)}
+
+
 def _flag(config_field: dataclasses.Field):
-    kind = ChoiceEnum(list(OUTPUT_LAYERS)) if config_field.name == "output_layer" else (
-        config_field.type)
+    choices = CHOICES.get(config_field.name)
+    kind = ChoiceEnum(choices) if choices else config_field.type
     return (config_field.name, kind,
             field(default=config_field.default, metadata=dict(config_field.metadata)))
 

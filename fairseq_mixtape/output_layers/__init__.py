@@ -40,6 +40,11 @@ class OutputLayerConfig:
                           "set at build time so that the layer's initial log-probabilities "
                           "spread over the vocabulary as much as a softmax's (saved in the "
                           "checkpoint)"})
+    output_context_activation: str = field(
+        default="tanh",
+        metadata={"help": "mos, mos_sigsoftmax, mixtape: the context vectors' activation: tanh "
+                          "(the papers' h_k = tanh(W_k g + e_k)) or linear (h_k = W_k g + e_k, "
+                          "unbounded; opt-in, not the papers' layer)"})
     mos_context_dropout: float = field(
         default=0.0,
         metadata={"help": "mos/mos_sigsoftmax: dropout on the K context vectors, one mask per "
@@ -88,6 +93,10 @@ def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
     components = getattr(cfg, "output_components", None)
     check_option(components in (None, 1) or layer.default_components > 1,
                  "--output-components (K)", components, f"1 or unset for {name}, which has one")
+    activation = getattr(cfg, "output_context_activation", "tanh")
+    check_option(activation == "tanh" or layer.default_components > 1,
+                 "--output-context-activation", activation,
+                 f"tanh or unset for {name}, which has no context vectors")
     scale = getattr(cfg, "output_context_scale", None)
     check_option(scale in (None, 1.0) or layer.default_components > 1, "--output-context-scale",
                  scale, f"1 or unset for {name}, which has no context vectors")

@@ -128,6 +128,9 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+CONTEXT_ACTIVATIONS = ("tanh", "linear")  # --output-context-activation
+
+
 class ContextMixture(OutputLayer):
     """What MoS and Mixtape share: K context vectors h_k = c tanh(W_k g + e_k) from one stacked
     map ``self.context`` (C -> K * E), the context scale c, and dropout on the context vectors
@@ -142,14 +145,22 @@ class ContextMixture(OutputLayer):
     which the freshly initialised layer's log-probabilities spread over the vocabulary as much as
     a softmax's. It is a buffer, saved in checkpoints; ``--output-context-scale c`` sets it
     instead (1 = the papers' layer).
+
+    ``--output-context-activation linear`` (opt-in; not the papers' layer) drops the tanh:
+    h_k = c (W_k g_t + e_k), so that a context is no longer bounded; everything else is the same.
     """
 
     context_dropout: float = 0.0
+    context_activation: str = "tanh"
 
     def init_contexts(self, components: int, context_scale: Optional[float],
-                      context_dropout: float = 0.0, dropout_flag: str = "context dropout"):
+                      context_dropout: float = 0.0, dropout_flag: str = "context dropout",
+                      context_activation: str = "tanh"):
         """Call at the end of the subclass's __init__, once every parameter exists;
         ``dropout_flag`` is the layer's flag for ``context_dropout``, for its error message."""
+        check_option(context_activation in CONTEXT_ACTIVATIONS, "--output-context-activation",
+                     context_activation, ", ".join(CONTEXT_ACTIVATIONS))
+        self.context_activation = context_activation
         self.context_dropout = check_probability(context_dropout, dropout_flag)
         self.components = components
         self.configured_scale = check_context_scale(context_scale)
@@ -160,7 +171,10 @@ class ContextMixture(OutputLayer):
     def contexts(self, features: torch.Tensor) -> torch.Tensor:
         """features (..., C) -> the K context vectors h (..., K, E); in training with context
         dropout, for features (B, T, C), one mask (B, 1, K, E) per sequence (MoS's dropoutl)."""
-        h = torch.tanh(self.context(features)) * self.context_scale
+        h = self.context(features)
+        if self.context_activation == "tanh":
+            h = torch.tanh(h)
+        h = h * self.context_scale
         h = h.unflatten(-1, (self.components, -1))             # (..., K * E) -> (..., K, E)
         return sequence_dropout(h, self.context_dropout, self.training)
 

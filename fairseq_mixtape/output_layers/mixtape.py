@@ -103,7 +103,7 @@ class Mixtape(ContextMixture):
                  components: int = 4, gate_dim: Optional[int] = None,
                  frequent_tokens: float = 0.1, context_scale: Optional[float] = None,
                  first_target: int = 0, context_dropout: float = 0.0, gate_dropout: float = 0.0,
-                 gate_noise: float = 0.0):
+                 gate_noise: float = 0.0, context_activation: str = "tanh"):
         super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
         check_components(components, power_of_two=True)
         self.gate_dropout = check_probability(gate_dropout, "--mixtape-gate-dropout")
@@ -127,7 +127,8 @@ class Mixtape(ContextMixture):
             self.gate_embed = nn.Parameter(torch.empty(self.frequent, gate_dim))  # v_x
             self.gate_bias = nn.Parameter(torch.zeros(self.frequent, gates))     # b_{x,j}
             nn.init.normal_(self.gate_embed, std=gate_dim ** -0.5)
-        self.init_contexts(components, context_scale, context_dropout, "--mixtape-context-dropout")
+        self.init_contexts(components, context_scale, context_dropout, "--mixtape-context-dropout",
+                           context_activation)
 
     @classmethod
     def from_config(cls, cfg, first_target: int = 0, **common):
@@ -138,7 +139,8 @@ class Mixtape(ContextMixture):
                    first_target=first_target,
                    context_dropout=getattr(cfg, "mixtape_context_dropout", 0.0),
                    gate_dropout=getattr(cfg, "mixtape_gate_dropout", 0.0),
-                   gate_noise=getattr(cfg, "mixtape_gate_noise", 0.0))
+                   gate_noise=getattr(cfg, "mixtape_gate_noise", 0.0),
+                   context_activation=getattr(cfg, "output_context_activation", "tanh"))
 
     def legacy_buffers(self) -> Dict[str, float]:
         # before the slots were stored, the first S ids had their own gates

@@ -30,18 +30,20 @@ class MixtureOfSoftmaxes(ContextMixture):
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
                  components: int = 15, context_dropout: float = 0.0,
-                 context_scale: Optional[float] = None):
+                 context_scale: Optional[float] = None, context_activation: str = "tanh"):
         super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
         check_components(components)
         self.prior = nn.Linear(input_dim, components, bias=False)        # W_pi
         self.context = nn.Linear(input_dim, components * self.embed_dim)  # W_k, e_k stacked
-        self.init_contexts(components, context_scale, context_dropout, "--mos-context-dropout")
+        self.init_contexts(components, context_scale, context_dropout, "--mos-context-dropout",
+                           context_activation)
 
     @classmethod
     def from_config(cls, cfg, first_target: int = 0, **common):
         return cls(**common, components=cls.components_from(cfg),
                    context_dropout=cfg.mos_context_dropout,
-                   context_scale=getattr(cfg, "output_context_scale", None))
+                   context_scale=getattr(cfg, "output_context_scale", None),
+                   context_activation=getattr(cfg, "output_context_activation", "tanh"))
 
     @property
     def scores_per_position(self) -> int:
