@@ -5,7 +5,7 @@
 # the others from their checkpoints; run folders in runs/, results in
 # examples/language_model/results/sweep_hidden*/ (committed as runs finish).
 #
-#   nohup bash examples/language_model/sweep_hidden.sh [COMMIT] > runs/sweep_hidden.log 2>&1 &
+#   nohup bash examples/language_model/sweep_hidden.sh > runs/sweep_hidden.log 2>&1 &
 #
 # The runs that the wiring does not change (softmax and sigsoftmax at every E, every layer at
 # E = 128) are reused from the sweep with the old wiring (results/sweep.json). About 14
@@ -13,12 +13,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-COMMIT=${1:-fe9c399e1950a92296b937c39619b0ff750b242d}
-CODE=runs/code-${COMMIT:0:12}
-if [[ ! -d $CODE ]]; then
-  mkdir -p runs
-  git worktree add --detach "$CODE" "$COMMIT"
-fi
+COMMIT=${SWEEP_COMMIT:-fe9c399e1950a92296b937c39619b0ff750b242d}
+# the linear-context variant needs the later commit that added --output-context-activation
+LINEAR_COMMIT=${LINEAR_COMMIT:-7b07924656413a6188ce85d111e7bd32b9aa0bf6}
+checkout() {  # a pinned checkout of commit $1 in runs/code-COMMIT, made once
+  local code=runs/code-${1:0:12}
+  if [[ ! -d $code ]]; then
+    mkdir -p runs
+    git worktree prune
+    git worktree add --detach "$code" "$1" >&2
+  fi
+  echo "$code"
+}
+CODE=$(checkout "$COMMIT")
 RESULTS=$ROOT/examples/language_model/results
 OLD=$RESULTS/sweep.json   # the sweep with the mixtures after the projection (version 0.1)
 sweep() {  # the pinned checkout's sweep script and plugin (PYTHONPATH: not the installed one)
@@ -46,4 +53,9 @@ table
   six --dims 16,64 --layers mos --extra-seeds '' --jobs 1 && table ) &
 wait
 table
+# 5. only after all of these: Mixtape with linear contexts at E = 16, seeds 1 and 2
+CODE=$(checkout "$LINEAR_COMMIT")
+six --dims 16 --layers mixtape_linear --seeds 1,2 --extra-seeds '' --jobs 2
+six --dims 16,32,64,128 --layers softmax,mixtape,control,mos,sigsoftmax,mixtape_linear \
+  --reuse "$OLD" --stages table > /dev/null
 echo "sweep_hidden: all runs done"
