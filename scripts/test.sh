@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_env.sh .venv
-exec .venv/bin/python -m pytest tests "$@"
+exec .venv/bin/python -m pytest tests -n 2 -rs "$@"
