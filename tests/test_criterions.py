@@ -347,7 +347,8 @@ def test_model_without_output_layer_gets_a_clear_error(parsed, family, stock):
     assert type(model).__name__ in ("TransformerModel", "LSTMModel")
     sample = batch(built.task)
     for criterion in [OutputLayerCrossEntropyCriterion(built.task, False),
-                      OutputLayerLabelSmoothedCrossEntropyCriterion(built.task, False, 0.1)]:
+                      OutputLayerLabelSmoothedCrossEntropyCriterion(built.task, False,
+                                                                    label_smoothing=0.1)]:
         with pytest.raises(ValueError) as error:
             criterion(model, sample)
         message = str(error.value)
