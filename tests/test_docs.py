@@ -47,7 +47,7 @@ def documents() -> List[Path]:
     """The Markdown files a user reads commands from."""
     names = ["README.md", "CONTRIBUTING.md", "examples/README.md",
              "examples/translation/README.md", "examples/language_model/README.md",
-             "benchmarks/README.md"]
+             "benchmarks/README.md", "examples/pytorch/README.md"]
     paths = [REPO / name for name in names] + sorted((REPO / "docs").glob("*.md"))
     return [path for path in paths if path.is_file()]
 
