@@ -30,7 +30,8 @@ import fairseq_mixtape  # noqa: F401  (registers the plugin's layers, models and
 from fairseq_mixtape.output_layers import OUTPUT_LAYERS
 
 from . import bottleneck
-from .arguments import check_components, check_data_dir, check_positive, is_mixture, parse_layers
+from .arguments import (ArgumentParser, check_components, check_data_dir, check_positive,
+                        is_mixture, parse_layers)
 from .runner import PACKAGE_DIR, CommandFailed, parse_train_log, run_tool, train_progress_printer
 
 DEFAULT_LAYERS = ("softmax", "sigsoftmax", "mos", "mixtape")
@@ -190,7 +191,7 @@ class ModelSpec:
     arch: str = "lstm_lm_mixtape"
     embed_dim: int = 64             # input embedding
     hidden_size: int = 64           # LSTM state
-    output_dim: int = 8             # d: the decoder output every output layer sees
+    output_dim: int = 8             # E: the output embedding (softmax reads the state projected to E)
     layers: int = 1
     updates: int = 600
     batch_size: int = 32
@@ -298,7 +299,7 @@ def format_table(results: Sequence[Result], true_perplexity: Optional[float]) ->
 
 def parse_args(argv: Optional[Sequence[str]] = None,
                prog: str = "python scripts/demo.py") -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Train the same small LSTM language model with softmax, MoS, Mixtape and "
                     "sigsoftmax output layers (identical budget and seed) through fairseq's "
@@ -321,7 +322,8 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the language and training (>= 0)")
     parser.add_argument("--output-dim", type=int, default=ModelSpec.output_dim,
-                        help="d, the decoder output size every output layer sees")
+                        help="E, the output embedding size (softmax and sigsoftmax read the LSTM "
+                             "state projected to E; the mixtures read the state itself)")
     parser.add_argument("--hidden-size", type=int, default=ModelSpec.hidden_size,
                         help="LSTM state and input embedding size")
     parser.add_argument("--lr", type=float, default=ModelSpec.lr, help="Adam learning rate")
@@ -367,7 +369,8 @@ def check_demo_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if frequent is not None and not (0 <= frequent < 1 or float(frequent).is_integer()):
         parser.error(f"--mixtape-frequent-tokens: got {frequent:g}; allowed: a fraction in "
                      "[0, 1) of the vocabulary or a whole count >= 1")
-    if args.work_dir.exists() and not args.work_dir.is_dir():
+    if any(path.exists() and not path.is_dir()
+           for path in [args.work_dir, *args.work_dir.parents]):
         parser.error(f"--work-dir: got {str(args.work_dir)!r}, not a directory; allowed: a "
                      "directory, made where it does not exist")
     if args.data is not None:
@@ -408,7 +411,7 @@ def prepare_data(args) -> Tuple[pathlib.Path, Optional[float]]:
         print(f"    true log-prob matrix {language.num_states}x{language.num_states}: numerical "
               f"rank {rank}, 99.9%-energy rank "
               f"{centred_effective_rank(language.log_prob_matrix())} "
-              f"(a softmax over d={args.output_dim} reaches at most {args.output_dim + 1})",
+              f"(a softmax over E={args.output_dim} reaches at most {args.output_dim + 1})",
               flush=True)
         sizes = dict(train=args.train_tokens, valid=args.test_tokens, test=args.test_tokens)
         true_perplexity = write_corpus(language, text_dir, sizes, seed=args.seed)
@@ -438,7 +441,7 @@ def main(argv: Optional[Sequence[str]] = None,
     results = []
     for layer in args.layers:
         stage(f"train {layer}: fairseq-train --arch {model.arch} --output-layer {layer} "
-              f"(d={model.output_dim}, {model.updates} updates, seed {model.seed}, "
+              f"(E={model.output_dim}, {model.updates} updates, seed {model.seed}, "
               f"--criterion {CRITERION})")
         trained = train(layer, bin_dir, args.work_dir, model,
                         output_layer_arguments(layer, args.components, frequent,
