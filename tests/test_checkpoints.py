@@ -9,6 +9,7 @@ import torch
 from fairseq import checkpoint_utils
 
 from fairseq_mixtape.models import output_layer_of
+from helpers import NARROW  # the d = 16, E = 8 flags the fixtures were made with
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"  # made by make.py there
 
@@ -50,8 +51,6 @@ PROJECTION = Path(__file__).resolve().parent / "fixtures" / "projection_wiring" 
 FAMILIES = ("transformer_lm", "lstm_lm")
 VARIANTS = ("mos", "mos_sigsoftmax", "mixtape", "control")
 STOCK_PROJECTION = {"transformer_lm": "project_out_dim", "lstm_lm": "additional_fc"}
-NARROW = {"transformer_lm": ["--decoder-input-dim", "8", "--decoder-output-dim", "8"],
-          "lstm_lm": ["--decoder-embed-dim", "8", "--decoder-out-embed-dim", "8"]}
 COMPONENTS = {"mixtape": ["--output-components", "4"], "control": ["--output-components", "1"],
               "mos": [], "mos_sigsoftmax": []}
 
