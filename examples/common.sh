@@ -19,6 +19,35 @@ PROG="${RECIPE_PROG:-$(basename "$0")}"  # the wrappers pass their own name
 log() { printf '[%s %s] %s\n' "$(date +%H:%M:%S)" "$PROG" "$*"; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 
+# bad_arg FLAG MESSAGE: a user error in the command line, one line on stderr and exit status 2,
+# before any work (argparse's style: "PROG: error: FLAG: got 'VALUE'; allowed: ...").
+bad_arg() { printf '%s: error: %s: %s\n' "$PROG" "$1" "$2" >&2; exit 2; }
+
+# check_count FLAG VALUE LEAST: VALUE is a whole number >= LEAST, or bad_arg.
+check_count() {
+  if [[ ! "$2" =~ ^[0-9]+$ ]] || (( 10#$2 < $3 )); then
+    bad_arg "$1" "got '$2'; allowed: a whole number >= $3"
+  fi
+}
+
+# check_local_files FLAG DIR WHAT FILE...: DIR is a folder holding every FILE, or bad_arg with
+# what is missing (the first five); WHAT describes the files in the message.
+check_local_files() {
+  local flag=$1 dir=$2 what=$3 f missing=() allowed lacking
+  shift 3
+  printf -v allowed '%s, ' "${@:1:6}"
+  allowed="a folder with $what: ${allowed%, }"
+  if (( $# > 6 )); then allowed+=", ... ($# files)"; fi
+  [[ -d "$dir" ]] || bad_arg "$flag" "no such folder $dir; allowed: $allowed"
+  for f in "$@"; do [[ -f "$dir/$f" ]] || missing+=("$f"); done
+  if (( ${#missing[@]} )); then
+    printf -v lacking '%s, ' "${missing[@]:0:5}"
+    lacking=${lacking%, }
+    if (( ${#missing[@]} > 5 )); then lacking+=" and $(( ${#missing[@]} - 5 )) more"; fi
+    bad_arg "$flag" "got '$dir', which lacks $lacking; allowed: $allowed"
+  fi
+}
+
 # need_stage NAME DIR: true (run the stage) unless DIR/.done exists, which a stage writes as its
 # last step, so that an interrupted stage is redone and a finished one is skipped on a rerun.
 need_stage() {

@@ -8,6 +8,14 @@ import pathlib
 from typing import Callable, List, Optional, Sequence
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line, ``prog: error: message``, with exit status
+    2 (argparse's own prints the usage above it; --help still shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def comma_list(kind: Callable) -> Callable[[str], list]:
     """An argparse type: comma-separated values of ``kind`` ("16,32" -> [16, 32])."""
     return lambda text: [kind(item) for item in text.split(",") if item]

@@ -90,6 +90,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .arguments import ArgumentParser, check_counts, check_positive
 from .memory import LiveTensorPeak
 
 LAYERS = ["softmax", "mos", "mixtape", "sigsoftmax"]
@@ -117,7 +118,7 @@ QUICK = dict(vocabs=[500, 1000], dims=[32], positions=16, model_vocab=1000, mt_b
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Benchmark softmax, MoS, Mixtape and sigsoftmax output layers: the layer "
                     "alone, whole fairseq training steps, beam search; time and peak memory.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -205,6 +206,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         for key, value in QUICK.items():
             setattr(args, key, value)
     grid.resolve_args(p, args)
+    check_benchmark_args(p, args)
     if args.threads is None and args.device == "cpu":
         args.threads = 1
     args.model_args = args.model_args or [""]
@@ -212,6 +214,57 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                               + ("_quick" if args.quick else ""))
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
+
+
+def check_benchmark_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad values before any work (one-line argparse errors naming the flag, the value and
+    what is allowed), not a traceback minutes later from a later section."""
+    check_counts(parser, args, ["--repeats", "--mos-repeats", "--vocabs", "--dims", "--positions",
+                                "--model-vocab", "--mt-batch", "--mt-length", "--lm-batch",
+                                "--lm-length", "--beam-sentences", "--beam-size",
+                                "--beam-length", "--memory-vocabs", "--memory-batch",
+                                "--memory-length", "--memory-dim"])
+    check_positive(parser, args, ["--threads", "--mos-chunk-tokens"])
+    if args.warmup < 0:
+        parser.error(f"--warmup: got {args.warmup}; allowed: a whole number >= 0")
+    out_dir = Path(args.out_dir)
+    if (out_dir.exists() and not out_dir.is_dir()) or any(
+            parent.exists() and not parent.is_dir() for parent in out_dir.parents):
+        parser.error(f"--out-dir: got {args.out_dir!r}, not a directory; allowed: a directory, "
+                     "made where it does not exist")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device: got 'cuda', but torch sees no CUDA device here; allowed: cpu")
+    kinds = [kind for kind, sections in (("mt", ("mt", "beam")), ("lm", ("lm",)))
+             if not args.grid and any(section in args.sections for section in sections)]
+    for model_args in args.model_args or [""]:
+        try:
+            shlex.split(model_args)
+        except ValueError as error:
+            parser.error(f"--model-args: got {model_args!r} ({error}); allowed: fairseq-train "
+                         "flags, quoted as in a shell")
+        for kind in kinds:
+            refusal = fairseq_refusal(model_argv(kind, args, args.device, model_args))
+            if refusal:
+                parser.error(f"--model-args: got {model_args!r}, which fairseq-train refuses for "
+                             f"the {kind} model ({refusal}); allowed: fairseq-train flags of "
+                             f"{model_argv(kind, args, args.device, '')[4]}")
+
+
+def fairseq_refusal(argv: Sequence[str]) -> str:
+    """fairseq-train's error for ``argv`` (its last line), or "" where it parses."""
+    import contextlib
+    import io
+
+    from .building import parse_train_args  # (imports fairseq)
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            parse_train_args(argv)
+    except SystemExit as exited:
+        lines = captured.getvalue().strip().splitlines() or [f"exit status {exited.code}"]
+        return lines[-1].split(": error: ", 1)[-1]
+    return ""
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -413,10 +466,8 @@ def components(name: str, args) -> dict:
     return {"output_components": args.mos_components} if name == "mos" else {}
 
 
-def model_builder(kind: str, args, device, dictionary, model_args: str = ""):
-    """A function layer -> (task, model) for a transformer_wmt_en_de-shaped translation model
-    (kind 'mt') or a transformer_lm-shaped language model ('lm'), configured through fairseq's
-    own argument parsing (once; each layer then changes only ``output_layer``)."""
+def model_argv(kind: str, args, device_type: str, model_args: str = "") -> List[str]:
+    """The fairseq-train arguments of model_builder's model (the architecture at index 4)."""
     if kind == "mt":
         argv = ["unused-data", "--task", "translation", "--arch", "transformer_wmt_en_de_mixtape",
                 "--share-all-embeddings", *(QUICK_MT_ARGS if args.quick else [])]
@@ -425,7 +476,14 @@ def model_builder(kind: str, args, device, dictionary, model_args: str = ""):
                 "--share-decoder-input-output-embed",
                 "--tokens-per-sample", str(max(args.lm_length, 512)),
                 *(QUICK_LM_ARGS if args.quick else [])]
-    argv += [*shlex.split(model_args), *(["--cpu"] if device.type == "cpu" else [])]
+    return argv + [*shlex.split(model_args), *(["--cpu"] if device_type == "cpu" else [])]
+
+
+def model_builder(kind: str, args, device, dictionary, model_args: str = ""):
+    """A function layer -> (task, model) for a transformer_wmt_en_de-shaped translation model
+    (kind 'mt') or a transformer_lm-shaped language model ('lm'), configured through fairseq's
+    own argument parsing (once; each layer then changes only ``output_layer``)."""
+    argv = model_argv(kind, args, device.type, model_args)
     from . import building  # (imports fairseq)
 
     task, build_model = building.model_builder(argv, dictionary)

@@ -23,14 +23,20 @@ perplexity. Pitfall: a mixture computed in probability space with an epsilon flo
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import math
+import os
 import pathlib
-from typing import Dict, List, Optional, Sequence
+import pickle
+import zipfile
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from .arguments import ArgumentParser, check_data_dir
 
 EPSILONS = (1e-3, 1e-4, 1e-5)
 logger = logging.getLogger(__name__)
@@ -108,8 +114,69 @@ class RankReport:
 # Log-probability rows of a fairseq checkpoint
 
 
+class UnusableInput(ValueError):
+    """A checkpoint or data folder this tool cannot use. The message is one line that names the
+    argument, the value and what is allowed; the command line prints it as an argparse error
+    (exit status 2)."""
+
+
+CHECKPOINT_ALLOWED = "a fairseq checkpoint file (such as checkpoint_best.pt of fairseq-train)"
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (torch's and fairseq's messages run over lines; of
+    load_state_dict's, its first size mismatch)."""
+    lines = str(error).strip().splitlines()
+    line = next((line for line in lines if "size mismatch" in line), lines[0] if lines else "")
+    return type(error).__name__ + (f": {line.strip()}" if line else "")
+
+
+def read_checkpoint(checkpoint: pathlib.Path) -> Mapping:
+    """The state of a fairseq checkpoint, its tensors memory-mapped where the file is in torch's
+    zip format (so reading a large checkpoint's configuration costs little); UnusableInput where
+    the file is not a fairseq checkpoint."""
+    from fairseq_mixtape.compat import REFUSED_GLOBAL, fairseq_checkpoint_classes
+
+    value = f"CHECKPOINT: got {str(checkpoint)!r}"
+    mmap = {"mmap": True} if ("mmap" in inspect.signature(torch.load).parameters
+                              and zipfile.is_zipfile(checkpoint)) else {}
+    try:
+        with fairseq_checkpoint_classes():
+            state = torch.load(checkpoint, map_location="cpu", **mmap)
+    except pickle.UnpicklingError as error:
+        refused = REFUSED_GLOBAL.search(str(error))
+        if refused is None:
+            raise UnusableInput(f"{value}, which torch.load cannot read ({one_line(error)}); "
+                                f"allowed: {CHECKPOINT_ALLOWED}") from error
+        raise UnusableInput(
+            f"{value}, which holds the class {refused.group(1)}: not one of those fairseq "
+            f"checkpoints hold, so torch's safe loading (weights_only) refuses it; allowed: "
+            f"{CHECKPOINT_ALLOWED} (see docs/troubleshooting.md)") from error
+    except Exception as error:  # a text file, a truncated file, ...: torch's errors vary
+        raise UnusableInput(f"{value}, which torch.load cannot read ({one_line(error)}); "
+                            f"allowed: {CHECKPOINT_ALLOWED}") from error
+    if not (isinstance(state, Mapping) and isinstance(state.get("model"), Mapping)
+            and (state.get("cfg") is not None or state.get("args") is not None)):
+        raise UnusableInput(f"{value}, a torch file but not a fairseq checkpoint (no 'model' "
+                            f"with 'cfg' or 'args' in it); allowed: {CHECKPOINT_ALLOWED}")
+    return state
+
+
+def task_settings(state: Mapping) -> Tuple[Optional[str], Mapping]:
+    """(task name, task settings: data, source_lang, ...) of a checkpoint's state, from its
+    configuration or, in old checkpoints, its argparse namespace."""
+    cfg = state.get("cfg")
+    if cfg is not None and cfg.get("task") is not None:
+        return cfg["task"].get("_name"), cfg["task"]
+    args = vars(state["args"]) if state.get("args") is not None else {}
+    return args.get("task"), args
+
+
 def load_model(checkpoint: pathlib.Path, data: Optional[pathlib.Path] = None):
-    """(model in float64 eval mode on CPU, task) from a fairseq checkpoint of any family."""
+    """(model in float64 eval mode on CPU, task) from a fairseq checkpoint of any family.
+
+    A file that is not a fairseq checkpoint, or a model that cannot be built on ``data``, raises
+    UnusableInput (a missing file FileNotFoundError)."""
     from fairseq import checkpoint_utils
 
     import fairseq_mixtape  # noqa: F401  (registers the plugin's models: its checkpoints load)
@@ -118,8 +185,26 @@ def load_model(checkpoint: pathlib.Path, data: Optional[pathlib.Path] = None):
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {checkpoint}")
     overrides = {"data": str(data)} if data is not None else {}
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides=overrides)
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), overrides)
+    except Exception as error:
+        read_checkpoint(checkpoint)  # the reason, where it is that the file is no checkpoint
+        raise UnusableInput(f"CHECKPOINT: got {str(checkpoint)!r}, which fairseq cannot load "
+                            f"({one_line(error)}); allowed: {CHECKPOINT_ALLOWED}") from error
+    try:
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(checkpoint)], arg_overrides=overrides, state=state)
+    except Exception as error:
+        folder = data if data is not None else task_settings(state)[1].get("data")
+        if isinstance(error, RuntimeError) and "size mismatch" in str(error):
+            raise UnusableInput(
+                f"--data: got {str(folder)!r}, whose dictionary does not fit "
+                f"{checkpoint}'s model ({one_line(error)}); allowed: the data folder the "
+                "checkpoint was trained on, or one with the same dictionary") from error
+        raise UnusableInput(
+            f"CHECKPOINT: got {str(checkpoint)!r}, whose model fairseq cannot build on the data "
+            f"folder {str(folder)!r} ({one_line(error)}); allowed: {CHECKPOINT_ALLOWED} of a "
+            "model that fairseq or a loaded plugin registers, with its data folder") from error
     return models[0].double().eval(), task
 
 
@@ -148,7 +233,13 @@ def log_prob_rows(model, task, subset: str = "test", max_contexts: int = 2000,
                   max_tokens: int = 4096) -> np.ndarray:
     """The first ``max_contexts`` target positions of ``subset`` (in the dataset's order, padding
     skipped): their full log-probability rows, float64, (N, V)."""
-    task.load_dataset(subset)
+    try:
+        task.load_dataset(subset)
+    except FileNotFoundError as error:
+        folder = getattr(getattr(task, "cfg", None), "data", None)
+        raise UnusableInput(f"--subset: got {subset!r}, which the data folder "
+                            f"{str(folder)!r} lacks ({one_line(error)}); allowed: a split of "
+                            "the data folder (train, valid, test, ...)") from error
     dataset = task.dataset(subset)
     batches = task.get_batch_iterator(
         dataset, max_tokens=max_tokens, max_positions=model.max_positions(),
@@ -224,13 +315,14 @@ def plot_spectra(reports: Sequence[RankReport], path: pathlib.Path, title: str =
     plt.close(fig)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="fairseq-mixtape-bottleneck",
+def build_parser(prog: str = "fairseq-mixtape-bottleneck") -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog=prog,
         description="Rank of the log-probability matrix of trained fairseq checkpoints (any "
                     "family, any output layer, fairseq-mixtape or stock): numerical rank, "
                     "eps-effective ranks and the singular-value spectrum, computed in float64.")
-    parser.add_argument("checkpoints", nargs="+", type=pathlib.Path, help="checkpoint files")
+    parser.add_argument("checkpoints", nargs="+", type=pathlib.Path, metavar="CHECKPOINT",
+                        help="checkpoint files")
     parser.add_argument("--data", type=pathlib.Path,
                         help="binarized data folder (default: the one in the checkpoint)")
     parser.add_argument("--subset", default="test", help="data split whose contexts are used")
@@ -240,26 +332,137 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--names", help="comma-separated labels, one per checkpoint")
     parser.add_argument("--plot", type=pathlib.Path, help="PNG of the overlaid spectra")
     parser.add_argument("--json", type=pathlib.Path, help="write the reports here")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None,
+               parser: Optional[argparse.ArgumentParser] = None) -> argparse.Namespace:
+    """The options, checked before any work: argparse errors (exit status 2) that name the
+    argument, the value and what is allowed, for bad values, missing or unreadable checkpoints
+    and data folders that do not suit the checkpoints' tasks."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if args.contexts < 1:
         parser.error(f"--contexts: got {args.contexts}; allowed: at least 1")
-    args.names = args.names.split(",") if args.names else [str(c) for c in args.checkpoints]
+    names = args.names
+    args.names = names.split(",") if names else [str(c) for c in args.checkpoints]
     if len(args.names) != len(args.checkpoints):
-        parser.error(f"--names: {len(args.names)} labels for {len(args.checkpoints)} checkpoints")
+        parser.error(f"--names: got {names!r} ({len(args.names)} labels); allowed: "
+                     f"{len(args.checkpoints)} comma-separated labels, one per checkpoint")
+    for flag in ("--plot", "--json"):
+        path = getattr(args, flag[2:])
+        if path is not None and (path.is_dir() or any(parent.exists() and not parent.is_dir()
+                                                       for parent in path.parents)):
+            parser.error(f"{flag}: got {str(path)!r}, "
+                         f"{'a directory' if path.is_dir() else 'under a file'}; allowed: a file "
+                         "name (its folder is made where it does not exist)")
+    for checkpoint in args.checkpoints:
+        if not checkpoint.is_file():
+            problem = "a directory" if checkpoint.is_dir() else "which does not exist"
+            parser.error(f"CHECKPOINT: got {str(checkpoint)!r}, {problem}; allowed: "
+                         f"{CHECKPOINT_ALLOWED}")
+    for checkpoint in args.checkpoints:
+        try:
+            state = read_checkpoint(checkpoint)
+        except UnusableInput as error:
+            parser.error(str(error))
+        check_data(parser, checkpoint, state, args.data, args.subset)
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[RankReport]:
-    args = parse_args(argv)
+def language_pair(task: Mapping, folder: pathlib.Path) -> Tuple[Optional[str], Optional[str]]:
+    """A translation checkpoint's languages: its --source-lang / --target-lang, or else those
+    that fairseq infers from the file names in the data folder."""
+    source, target = task.get("source_lang"), task.get("target_lang")
+    if source is None or target is None:
+        from fairseq.data.data_utils import infer_language_pair
+
+        source, target = infer_language_pair(str(folder))
+    return source, target
+
+
+def check_data(parser: argparse.ArgumentParser, checkpoint: pathlib.Path, state: Mapping,
+               data: Optional[pathlib.Path], subset: str) -> None:
+    """The data folder (``data``, or the one the checkpoint records) holds the dictionaries of
+    the checkpoint's task, as large as the model's embeddings, and the ``subset`` split, in
+    fairseq-preprocess's layout; checked for the language modelling and translation tasks
+    (fairseq reports on the others when loading)."""
+    name, task = task_settings(state)
+    if data is None:
+        data = task.get("data")
+        if not data:
+            parser.error(f"--data: not given, and {str(checkpoint)!r} records no data folder; "
+                         "allowed: the binarized data folder of the checkpoint's task")
+        kind = f"--data (not given: the data folder of {checkpoint}, a {name} model)"
+    else:
+        kind = f"--data (for {checkpoint}, a {name} model)"
+    if "://" in str(data) or name not in ("language_modeling", "translation"):
+        return
+    folder = pathlib.Path(str(data).split(os.pathsep)[0])  # fairseq: shards a:b, the first
+    if name == "language_modeling":
+        check_data_dir(parser, folder, kind, [["dict.txt"]])
+        check_dictionary(parser, kind, folder, "dict.txt", state, "decoder.embed_tokens.weight")
+        prefixes = [subset]
+        splits = sorted(f.name[:-4] for f in folder.glob("*.bin") if "." not in f.name[:-4])
+    else:
+        source, target = language_pair(task, folder) if folder.is_dir() else (
+            task.get("source_lang") or "SRC", task.get("target_lang") or "TGT")
+        if source is None:
+            parser.error(f"{kind}: got {str(folder)!r}, which holds no SPLIT.SRC-TGT.LANG files "
+                         "(the language pair); allowed: a translation data folder of "
+                         "fairseq-preprocess --source-lang SRC --target-lang TGT")
+        check_data_dir(parser, folder, kind, [[f"dict.{source}.txt", f"dict.{target}.txt"]])
+        check_dictionary(parser, kind, folder, f"dict.{source}.txt", state,
+                         "encoder.embed_tokens.weight")
+        check_dictionary(parser, kind, folder, f"dict.{target}.txt", state,
+                         "decoder.embed_tokens.weight")
+        pair = f"{target}-{source}" if any(folder.glob(f"{subset}.{target}-{source}.*")) \
+            else f"{source}-{target}"
+        prefixes = [f"{subset}.{pair}.{lang}" for lang in (source, target)]
+        splits = sorted({f.name.split(".")[0] for f in folder.glob(f"*.{pair}.{source}.bin")})
+    missing = [file for prefix in prefixes if not (folder / prefix).is_file()  # raw text
+               for file in (f"{prefix}.bin", f"{prefix}.idx") if not (folder / file).is_file()]
+    if missing:
+        parser.error(f"--subset: got {subset!r}, which {str(folder)!r} lacks (no "
+                     f"{', '.join(missing)}); allowed: a split of that folder: "
+                     f"{', '.join(splits) or 'none there'}")
+
+
+def check_dictionary(parser: argparse.ArgumentParser, kind: str, folder: pathlib.Path,
+                     file: str, state: Mapping, embedding: str) -> None:
+    """The dictionary ``folder/file`` has as many entries as the checkpoint's ``embedding`` has
+    rows (where the model has that embedding: adaptive inputs have others)."""
+    from fairseq.data import Dictionary
+
+    try:
+        size = len(Dictionary.load(str(folder / file)))
+    except Exception as error:  # fairseq raises bare Exceptions on a bad line
+        parser.error(f"{kind}: got {str(folder)!r}, whose {file} fairseq cannot read "
+                     f"({one_line(error)}); allowed: a dictionary of fairseq-preprocess")
+    rows = getattr(state["model"].get(embedding), "shape", [size])[0]
+    if rows != size:
+        parser.error(f"{kind}: got {str(folder)!r}, whose {file} makes a dictionary of {size} "
+                     f"entries, but the model's {embedding} has {rows}; allowed: the data folder "
+                     "the checkpoint was trained on, or one with the same dictionary")
+
+
+def main(argv: Optional[Sequence[str]] = None,
+         prog: str = "fairseq-mixtape-bottleneck") -> List[RankReport]:
+    parser = build_parser(prog)
+    args = parse_args(argv, parser)
     reports = []
     for checkpoint, name in zip(args.checkpoints, args.names):
-        report = measure_checkpoint(checkpoint, args.data, args.subset, args.contexts, name)
+        try:
+            report = measure_checkpoint(checkpoint, args.data, args.subset, args.contexts, name)
+        except UnusableInput as error:  # found only when fairseq builds the model
+            parser.error(str(error))
         print(report.line(), flush=True)
         reports.append(report)
     if args.plot:
         plot_spectra(reports, args.plot)
         print(f"spectra: {args.plot}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([r.summary() for r in reports], indent=1) + "\n")
     return reports
 

@@ -15,7 +15,6 @@ The output keeps the newest input's configuration and training state, without it
 state (not needed to generate or evaluate); it loads like any checkpoint.
 """
 
-import argparse
 import collections
 import os
 import re
@@ -27,7 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from fairseq_mixtape.compat import fairseq_checkpoint_classes  # noqa: E402  (torch >= 2.6)
+from fairseq_mixtape_tools.arguments import ArgumentParser  # noqa: E402
 from fairseq.checkpoint_utils import torch_persistent_save  # noqa: E402
+
+
+class Refused(ValueError):
+    """An input this script cannot use; the message names the flag, the value and what is
+    allowed (printed as a one-line argparse error, exit status 2)."""
 
 
 def last_n_checkpoints(folder, n, update_based, upper_bound=None):
@@ -40,8 +45,9 @@ def last_n_checkpoints(folder, n, update_based, upper_bound=None):
             found.append((int(match.group(1)), name))
     if len(found) < n:
         kind = "update" if update_based else "epoch"
-        raise SystemExit(f"found {len(found)} {kind} checkpoints in {folder}, need {n}: "
-                         f"{sorted(name for _, name in found)}")
+        raise Refused(f"--inputs: got {folder!r}, which holds {len(found)} {kind} checkpoints "
+                      f"({', '.join(sorted(name for _, name in found)) or 'none'}); allowed: a "
+                      f"folder with at least {n} (--num-{kind}-checkpoints)")
     return [os.path.join(folder, name) for _, name in sorted(found, reverse=True)[:n]]
 
 
@@ -49,13 +55,22 @@ def average_checkpoints(paths):
     """The state of paths[0] with the mean of all the paths' model parameters."""
     new_state, sums = None, collections.OrderedDict()
     for path in paths:
-        with fairseq_checkpoint_classes():
-            state = torch.load(path, map_location="cpu")
+        try:
+            with fairseq_checkpoint_classes():
+                state = torch.load(path, map_location="cpu")
+        except Exception as error:  # a text file, a truncated file, ...: torch's errors vary
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise Refused(f"--inputs: got {str(path)!r}, which torch.load cannot read "
+                          f"({type(error).__name__}: {first}); allowed: fairseq checkpoints")
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise Refused(f"--inputs: got {str(path)!r}, which has no 'model' parameters; "
+                          "allowed: fairseq checkpoints")
         if new_state is None:
             new_state = state
         params = state["model"]
         if sums and list(params) != list(sums):
-            raise SystemExit(f"{path} has other parameters than {paths[0]}")
+            raise Refused(f"--inputs: got {str(path)!r}, whose parameters differ from those of "
+                          f"{str(paths[0])!r}; allowed: checkpoints of one model")
         for key, value in params.items():
             value = value.double() if value.is_floating_point() else value.clone()
             if key in sums:
@@ -73,7 +88,7 @@ def average_checkpoints(paths):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", nargs="+", required=True,
                         help="checkpoint files, or one folder with --num-*-checkpoints")
     parser.add_argument("--output", required=True, help="where to write the averaged checkpoint")
@@ -86,16 +101,39 @@ def main(argv=None):
                         help="only checkpoints of at most this epoch (or update)")
     args = parser.parse_args(argv)
 
-    count = args.num_epoch_checkpoints or args.num_update_checkpoints
-    if count:
-        if len(args.inputs) != 1 or not os.path.isdir(args.inputs[0]):
-            parser.error("--num-*-checkpoints needs --inputs to be one folder")
-        paths = last_n_checkpoints(args.inputs[0], count, args.num_update_checkpoints is not None,
-                                   args.checkpoint_upper_bound)
-    else:
-        paths = args.inputs
-    print(f"averaging {len(paths)} checkpoints: {' '.join(os.path.basename(p) for p in paths)}")
-    torch_persistent_save(average_checkpoints(paths), args.output)
+    flag, count = (("--num-epoch-checkpoints", args.num_epoch_checkpoints)
+                   if args.num_epoch_checkpoints is not None else
+                   ("--num-update-checkpoints", args.num_update_checkpoints))
+    if count is not None and count < 1:
+        parser.error(f"{flag}: got {count}; allowed: a whole number >= 1")
+    output = Path(args.output)
+    if any(path.exists() and not path.is_dir() for path in output.parents) or output.is_dir():
+        parser.error(f"--output: got {args.output!r}, "
+                     f"{'a folder' if output.is_dir() else 'under a file'}; allowed: a file name "
+                     "in an existing folder")
+    if not output.parent.is_dir():
+        parser.error(f"--output: got {args.output!r}, whose folder does not exist; allowed: a "
+                     "file name in an existing folder")
+    try:
+        if count:
+            if len(args.inputs) != 1 or not os.path.isdir(args.inputs[0]):
+                parser.error(f"--inputs: got {' '.join(args.inputs)!r}; allowed: one folder with "
+                             f"{flag}")
+            paths = last_n_checkpoints(args.inputs[0], count,
+                                       args.num_update_checkpoints is not None,
+                                       args.checkpoint_upper_bound)
+        else:
+            paths = args.inputs
+            for path in paths:
+                if not os.path.isfile(path):
+                    parser.error(f"--inputs: got {path!r}, "
+                                 f"{'a folder' if os.path.isdir(path) else 'which does not exist'}"
+                                 "; allowed: checkpoint files (a folder with --num-*-checkpoints)")
+        averaged = average_checkpoints(paths)
+    except Refused as error:
+        parser.error(str(error))
+    print(f"averaged {len(paths)} checkpoints: {' '.join(os.path.basename(p) for p in paths)}")
+    torch_persistent_save(averaged, args.output)
     print(f"wrote {args.output}")
 
 

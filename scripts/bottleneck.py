@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from fairseq_mixtape_tools.bottleneck import cli  # noqa: E402
+from fairseq_mixtape_tools.bottleneck import main  # noqa: E402
 
 if __name__ == "__main__":
-    cli()
+    main(prog="python scripts/bottleneck.py")

@@ -7,7 +7,7 @@ Each layer runs on ordinary features and on extreme ones (features x 100), in th
 autocast (weights float32, fairseq --amp), and weights and inputs cast (fairseq --fp16 / --bf16).
 """
 
-import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import fairseq_mixtape  # noqa: E402,F401
+from fairseq_mixtape_tools.arguments import ArgumentParser, check_counts  # noqa: E402
 from fairseq_mixtape.output_layers import (  # noqa: E402
     OUTPUT_LAYERS, OutputLayerConfig, build_output_layer)
 
@@ -54,12 +55,18 @@ def check(name, args, scale):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--positions", type=int, default=256)
     args = parser.parse_args()
+    check_counts(parser, args, ["--vocab", "--dim", "--positions"])
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        parser.error(f"--device: got {args.device!r}; allowed: cpu, cuda, cuda:N")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device: got {args.device!r}, but torch sees no CUDA device here; "
+                     "allowed: cpu")
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"device: {name}; V={args.vocab}, d={args.dim}, {args.positions} positions")
     print("| layer | features | mode | dtype | scores dtype | log p and grads finite "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+from fairseq_mixtape_tools.arguments import ArgumentParser  # noqa: E402
 from fairseq_mixtape_tools.runner import (  # noqa: E402
     PACKAGE_DIR, CommandFailed, run_tool, stop_tools_on_terminate)
 
@@ -30,7 +31,7 @@ PRECISION_FLAGS = {"fp32": [], "amp": ["--amp"], "fp16": ["--fp16"],
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-bin", type=Path, required=True,
                         help="fairseq-preprocess'd language-modelling data (dict.txt, train/valid)")

@@ -2,6 +2,7 @@
 trained checkpoints of all four families."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -123,11 +124,139 @@ def test_two_checkpoints_overlaid_in_one_plot(checkpoints, tmp_path):
     assert reports[1].numerical_rank > reports[1].softmax_bound  # sigsoftmax breaks it
 
 
-def test_bad_arguments_name_the_flag(tmp_path):
-    with pytest.raises(SystemExit):
+def test_bad_arguments_name_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
         main([str(tmp_path / "x.pt"), "--contexts", "0"])
-    with pytest.raises(FileNotFoundError, match="checkpoint"):
+    assert exited.value.code == 2 and "--contexts: got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
         main([str(tmp_path / "missing.pt")])
+    assert exited.value.code == 2
+    assert f"CHECKPOINT: got '{tmp_path / 'missing.pt'}', which does not exist" in \
+        capsys.readouterr().err
+
+
+# User errors: one line on stderr naming the argument and the value, exit status 2, before any
+# work, never a traceback. A checkpoint that needs no training: the language model of
+# tests/fixtures/projection_wiring (trained on make_lm_data's corpus, whose folder is gone).
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LM_CHECKPOINT = REPO / "tests" / "fixtures" / "projection_wiring" / "transformer_lm_control.pt"
+LM_DICTIONARY = LM_CHECKPOINT.parent / "dict.txt"
+
+
+def folder(root, name, files):
+    """A data folder made by hand: ``files`` maps names to their text (empty .bin/.idx)."""
+    path = root / name
+    path.mkdir()
+    for file, text in files.items():
+        (path / file).write_text(text)
+    return name
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    """The bad checkpoints and data folders of the cases below, in tmp_path (the cwd)."""
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "random.pt")
+    # a translation checkpoint as far as the checks read one: its task settings and a model
+    torch.save({"model": {}, "args": None, "cfg": {"task": {
+        "_name": "translation", "data": "gone", "source_lang": None, "target_lang": None}}},
+        tmp_path / "translation.pt")
+    lm_dictionary = LM_DICTIONARY.read_text()
+    folder(tmp_path, "no-dict", {"test.bin": "", "test.idx": ""})
+    folder(tmp_path, "mt-bin", {"dict.de.txt": "w1 1\n", "dict.en.txt": "w1 1\n",
+                                "test.de-en.de.bin": "", "test.de-en.de.idx": "",
+                                "test.de-en.en.bin": "", "test.de-en.en.idx": ""})
+    folder(tmp_path, "valid-only", {"dict.txt": lm_dictionary, "valid.bin": "", "valid.idx": ""})
+    folder(tmp_path, "lm-bin", {"dict.txt": lm_dictionary, "test.bin": "", "test.idx": ""})
+    folder(tmp_path, "other-dict", {"dict.txt": "w1 5\nw2 3\n", "test.bin": "", "test.idx": ""})
+    folder(tmp_path, "bad-dict", {"dict.txt": "w1\n", "test.bin": "", "test.idx": ""})
+    (tmp_path / "a-file").write_text("")
+    return tmp_path
+
+
+LM = str(LM_CHECKPOINT)
+BAD_INPUTS = {  # case: (argv, what the one line says)
+    "missing checkpoint": (["missing.pt"], "CHECKPOINT: got 'missing.pt', which does not exist; "
+                                           "allowed: a fairseq checkpoint file"),
+    "checkpoint is a folder": (["no-dict"], "CHECKPOINT: got 'no-dict', a directory; allowed"),
+    "text file": (["notes.txt"], "CHECKPOINT: got 'notes.txt', which torch.load cannot read ("),
+    "torch file, not fairseq's": (["random.pt"], "CHECKPOINT: got 'random.pt', a torch file but "
+                                                 "not a fairseq checkpoint"),
+    "missing data folder": ([LM, "--data", "nowhere"],
+                            f"--data (for {LM}, a language_modeling model): got 'nowhere', which "
+                            "does not exist; allowed: a directory with dict.txt"),
+    "data folder is a file": ([LM, "--data", "a-file"], f"--data (for {LM}, a language_modeling "
+                                                        "model): got 'a-file', not a directory"),
+    "no dict.txt": ([LM, "--data", "no-dict"], f"--data (for {LM}, a language_modeling model): "
+                                               "got 'no-dict', which lacks dict.txt; allowed"),
+    "translation data for a language model": (
+        [LM, "--data", "mt-bin"], f"--data (for {LM}, a language_modeling model): got 'mt-bin', "
+                                  "which lacks dict.txt"),
+    "language model data for a translation model": (
+        ["translation.pt", "--data", "lm-bin"], "--data (for translation.pt, a translation model): "
+                                                "got 'lm-bin', which holds no SPLIT.SRC-TGT.LANG"),
+    "translation data, no such split": (
+        ["translation.pt", "--data", "mt-bin", "--subset", "valid"],
+        "--subset: got 'valid', which 'mt-bin' lacks (no valid.de-en.de.bin, valid.de-en.de.idx, "
+        "valid.de-en.en.bin, valid.de-en.en.idx); allowed: a split of that folder: test"),
+    "no such split": ([LM, "--data", "valid-only"],
+                      "--subset: got 'test', which 'valid-only' lacks (no test.bin, test.idx); "
+                      "allowed: a split of that folder: valid"),
+    "the checkpoint's own data folder is gone": (
+        [LM], f"--data (not given: the data folder of {LM}, a language_modeling model): got "
+              "'/tmp/"),
+    "another dictionary": ([LM, "--data", "other-dict"],
+                           f"--data (for {LM}, a language_modeling model): got 'other-dict', "
+                           "whose dict.txt makes a dictionary of 6 entries, but the model's "
+                           "decoder.embed_tokens.weight has 48; allowed: the data folder"),
+    "a dictionary that is none": ([LM, "--data", "bad-dict"],
+                                  f"--data (for {LM}, a language_modeling model): got 'bad-dict', "
+                                  "whose dict.txt fairseq cannot read"),
+    "labels": ([LM, "--data", "lm-bin", "--names", "a,b"], "--names: got 'a,b' (2 labels); "
+                                                             "allowed: 1 comma-separated labels"),
+    "json under a file": ([LM, "--data", "lm-bin", "--json", "a-file/ranks.json"],
+                          "--json: got 'a-file/ranks.json', under a file"),
+}
+
+
+def run_tool(command, argv, cwd):
+    return subprocess.run([*command, *argv], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow  # a subprocess each (fairseq's import: seconds)
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_status_2(case, bad_inputs):
+    argv, expected = BAD_INPUTS[case]
+    script = pathlib.Path(sys.executable).parent / "fairseq-mixtape-bottleneck"
+    done = run_tool([str(script)], argv, bad_inputs)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[-3000:]
+    flag = expected.split(":")[0].split(" (")[0]  # CHECKPOINT, --data, --subset, ...
+    assert lines[0].startswith(f"fairseq-mixtape-bottleneck: error: {flag}"), lines[0]
+    assert expected in lines[0]
+
+
+@pytest.mark.slow
+def test_the_script_from_a_checkout_refuses_alike(bad_inputs):
+    done = run_tool([sys.executable, str(REPO / "scripts" / "bottleneck.py")],
+                    ["random.pt"], bad_inputs)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "python scripts/bottleneck.py: error: CHECKPOINT: got 'random.pt', a torch file but not "
+        "a fairseq checkpoint (no 'model' with 'cfg' or 'args' in it); allowed: a fairseq "
+        "checkpoint file (such as checkpoint_best.pt of fairseq-train)"]
+
+
+def test_good_inputs_pass_the_checks(tmp_path, capsys):
+    """The checks refuse nothing that works: the fixture's checkpoint on a corpus like the one
+    it was trained on, its valid split."""
+    data = make_lm_data(tmp_path)
+    [report] = main([LM, "--data", str(data), "--subset", "valid", "--contexts", "20",
+                     "--json", str(tmp_path / "new" / "ranks.json")])
+    assert report.shape[0] == 20 and (tmp_path / "new" / "ranks.json").is_file()
 
 
 @pytest.mark.slow

@@ -151,3 +151,65 @@ def test_two_process_data_parallel_training_on_cpu(layer, data, tmp_path):
     hypotheses = fairseq_generate(data["translation"], tmp_path / "checkpoint_last.pt",
                                   tmp_path, "--beam", "2", "--max-len-b", "6")
     assert len(hypotheses) == 16
+
+
+# User errors in the other tools: one line on stderr naming the flag and the value, exit
+# status 2, before any work, never a traceback.
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINT = REPO / "tests" / "fixtures" / "projection_wiring" / "transformer_lm_control.pt"
+SCRIPT = [sys.executable]
+BAD_COMMAND_LINES = {  # case: (command, argv, the line after "PROG: error: ")
+    "benchmark --repeats": ([str(BIN / "fairseq-mixtape-benchmark")], ["--repeats", "0"],
+                            "--repeats: got 0; allowed: whole numbers >= 1"),
+    "benchmark --vocabs": ([str(BIN / "fairseq-mixtape-benchmark")], ["--vocabs", "100", "0"],
+                           "--vocabs: got 0; allowed: whole numbers >= 1"),
+    "benchmark --threads": ([str(BIN / "fairseq-mixtape-benchmark")], ["--threads", "-1"],
+                            "--threads: got -1; allowed: a number > 0"),
+    "benchmark --out-dir": ([str(BIN / "fairseq-mixtape-benchmark")], ["--out-dir", "a-file"],
+                            "--out-dir: got 'a-file', not a directory"),
+    "benchmark --model-args": ([str(BIN / "fairseq-mixtape-benchmark")],
+                               ["--sections", "lm", "--model-args=--encoder-layers 2"],
+                               "--model-args: got '--encoder-layers 2', which fairseq-train "
+                               "refuses for the lm model (unrecognized arguments: "
+                               "--encoder-layers 2)"),
+    "average: no such input": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
+                               ["--inputs", "missing.pt", "--output", "avg.pt"],
+                               "--inputs: got 'missing.pt', which does not exist"),
+    "average: not a checkpoint": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
+                                  ["--inputs", "a-file", "--output", "avg.pt"],
+                                  "--inputs: got 'a-file', which torch.load cannot read ("),
+    "average: two models": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
+                            ["--inputs", str(CHECKPOINT),
+                             str(CHECKPOINT.with_name("lstm_lm_control.pt")), "--output",
+                             "avg.pt"],
+                            f"--inputs: got '{CHECKPOINT.with_name('lstm_lm_control.pt')}', "
+                            "whose parameters differ"),
+    "average: too few": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
+                         ["--inputs", ".", "--num-epoch-checkpoints", "2", "--output", "avg.pt"],
+                         "--inputs: got '.', which holds 0 epoch checkpoints (none); allowed: "
+                         "a folder with at least 2"),
+    "average: no output folder": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
+                                  ["--inputs", str(CHECKPOINT), "--output", "no/avg.pt"],
+                                  "--output: got 'no/avg.pt', whose folder does not exist"),
+    "precision --device": (SCRIPT + [str(REPO / "scripts" / "check_precision.py")],
+                           ["--device", "gpu"], "--device: got 'gpu'; allowed: cpu, cuda"),
+    "precision --vocab": (SCRIPT + [str(REPO / "scripts" / "check_precision.py")],
+                          ["--vocab", "0"], "--vocab: got 0; allowed: whole numbers >= 1"),
+    "demo --work-dir": ([str(BIN / "fairseq-mixtape-demo")], ["--work-dir", "a-file/demo"],
+                        "--work-dir: got 'a-file/demo', not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_COMMAND_LINES))
+def test_tools_refuse_bad_command_lines_in_one_line(case, tmp_path):
+    command, argv, expected = BAD_COMMAND_LINES[case]
+    (tmp_path / "a-file").write_text("not a checkpoint\n")
+    done = subprocess.run([*command, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[-3000:]
+    prog = Path(command[-1]).name
+    assert lines[0].startswith(f"{prog}: error: {expected}"), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written

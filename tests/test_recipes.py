@@ -213,3 +213,63 @@ def test_ptb_language_model_recipe_offline(shared_data, tmp_path):
                  (tmp_path / "ptb" / "raw" / "test.txt").read_text().splitlines())
     assert f"Evaluated {tokens:,} tokens" in out  # the whole test set, no batch dropped
     assert 1.0 < float(match.group(2)) < 100_000
+
+
+# User errors in the preparation scripts: one line on stderr naming the flag and the value,
+# exit status 2, before --out is made or anything is read.
+BAD_PREPARE = {  # case: (script, argv, the line after "SCRIPT: error: ")
+    "wmt14 en-de, no such --local": (
+        "translation/prepare-wmt14en2de.sh", ["--local", "nowhere", "--out", "out"],
+        "--local: no such folder nowhere; allowed: a folder with the raw (untokenized) files: "
+        "train.en, train.de, newstest2013.en, newstest2013.de, newstest2014.en, newstest2014.de"),
+    "wmt14 en-fr, --local without the files": (
+        "translation/prepare-wmt14en2fr.sh", ["--local", "partial", "--out", "out"],
+        "--local: got 'partial', which lacks train.fr, newstest2013.en, newstest2013.fr, "
+        "newstest2014.en, newstest2014.fr; allowed: a folder with the raw (untokenized) files: "
+        "train.en, train.fr,"),
+    "wmt14, no such --local": (
+        "translation/prepare-wmt14.sh", ["--pair", "en-de", "--local", "nowhere", "--out", "out"],
+        "--local: no such folder nowhere; allowed: "),
+    "wmt14, --pair": ("translation/prepare-wmt14.sh", ["--pair", "de-en", "--out", "out"],
+                      "--pair: got 'de-en'; allowed: en-de, en-fr"),
+    "wmt14, --workers": ("translation/prepare-wmt14en2de.sh", ["--workers", "0", "--out", "out"],
+                         "--workers: got '0'; allowed: a whole number >= 1"),
+    "wmt14, --train-lines": ("translation/prepare-wmt14en2de.sh",
+                             ["--train-lines", "1k", "--out", "out"],
+                             "--train-lines: got '1k'; allowed: a whole number >= 0"),
+    "wmt14, --ratio": ("translation/prepare-wmt14en2de.sh", ["--ratio", "0", "--out", "out"],
+                       "--ratio: got '0'; allowed: a number > 0"),
+    "wmt14, no value": ("translation/prepare-wmt14en2de.sh", ["--out", "out", "--local"],
+                        "--local: no value given"),
+    "wmt14, unknown option": ("translation/prepare-wmt14en2de.sh", ["--out", "out", "--loacl", "x"],
+                              "--loacl: unknown option"),
+    "wmt14, --moses": ("translation/prepare-wmt14en2de.sh", ["--moses", "partial", "--out", "out"],
+                       "--moses: got 'partial', which has no tokenizer/tokenizer.perl"),
+    "ptb, no such --local": ("language_model/prepare.sh", ["ptb", "--local", "nowhere", "--out",
+                                                            "out"],
+                             "--local: no such folder nowhere; allowed: a folder with the ptb "
+                             "files: ptb.train.txt, ptb.valid.txt, ptb.test.txt"),
+    "ptb, --local without the files": (
+        "language_model/prepare.sh", ["ptb", "--local", "partial", "--out", "out"],
+        "--local: got 'partial', which lacks ptb.train.txt, ptb.valid.txt, ptb.test.txt"),
+    "corpus": ("language_model/prepare.sh", ["ptb2", "--out", "out"],
+               "CORPUS: got 'ptb2'; allowed: ptb, wikitext-103, gbw"),
+    "lm, --threshold": ("language_model/prepare.sh", ["ptb", "--threshold", "-1", "--out", "out"],
+                        "--threshold: got '-1'; allowed: a whole number >= 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PREPARE))
+def test_prepare_refuses_bad_arguments_at_once(case, tmp_path):
+    script, argv, expected = BAD_PREPARE[case]
+    (tmp_path / "partial").mkdir()
+    for name in ("train.en", "train.de"):
+        (tmp_path / "partial" / name).write_text("a line\n")
+    result = subprocess.run(["bash", str(EXAMPLES / script), *argv], cwd=tmp_path,
+                            env=environment(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{Path(script).name}: error: {expected}"), lines[0]
+    assert not (tmp_path / "out").exists()  # nothing made

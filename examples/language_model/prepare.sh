@@ -44,29 +44,31 @@ EOF
 CORPUS="" LOCAL="" OUT="" TRAIN_LINES=0 EVAL_LINES=0 THRESHOLD="" WORKERS=""
 while (( $# )); do
   case "$1" in
-    --local) LOCAL=$2; shift 2 ;;
-    --out) OUT=$2; shift 2 ;;
-    --train-lines) TRAIN_LINES=$2; shift 2 ;;
-    --eval-lines) EVAL_LINES=$2; shift 2 ;;
-    --threshold) THRESHOLD=$2; shift 2 ;;
-    --workers) WORKERS=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    -*) usage >&2; die "unknown option: $1" ;;
-    *) [[ -z "$CORPUS" ]] || die "more than one CORPUS: $CORPUS $1"; CORPUS=$1; shift ;;
+    --local|--out|--train-lines|--eval-lines|--threshold|--workers)
+      (( $# >= 2 )) || bad_arg "$1" "no value given; allowed: $1 VALUE (see --help)"
+      case "$1" in
+        --local) LOCAL=$2 ;;
+        --out) OUT=$2 ;;
+        --train-lines) TRAIN_LINES=$2 ;;
+        --eval-lines) EVAL_LINES=$2 ;;
+        --threshold) THRESHOLD=$2 ;;
+        --workers) WORKERS=$2 ;;
+      esac
+      shift 2 ;;
+    -*) bad_arg "$1" "unknown option; allowed: the options of --help" ;;
+    *) [[ -z "$CORPUS" ]] || bad_arg CORPUS "got '$CORPUS' and '$1'; allowed: one of ptb, \
+wikitext-103, gbw"
+       CORPUS=$1; shift ;;
   esac
 done
 case "$CORPUS" in
   ptb|wikitext-103) : "${THRESHOLD:=0}" ;;
   gbw) : "${THRESHOLD:=3}" ;;
-  *) usage >&2; die "CORPUS must be ptb, wikitext-103 or gbw" ;;
+  *) bad_arg CORPUS "got '$CORPUS'; allowed: ptb, wikitext-103, gbw" ;;
 esac
 WORKERS=${WORKERS:-$(nproc_or 16)}
 OUT=${OUT:-$CORPUS}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-[[ -z "$LOCAL" ]] || LOCAL=$(cd "$LOCAL" && pwd)
-require python fairseq-preprocess
-log "$CORPUS -> $OUT (source: ${LOCAL:-download})"
 
 # The files of each corpus: a download URL (env overrides for mirrors), the folder the files
 # are in (after extraction), and the train/valid/test file names (GBW: many training shards).
@@ -90,6 +92,24 @@ case "$CORPUS" in
     TEST=heldout-monolingual.tokenized.shuffled/news.en.heldout-00000-of-00050 ;;
 esac
 
+# Every value is checked before --out is made or anything is read.
+check_count --train-lines "$TRAIN_LINES" 0
+check_count --eval-lines "$EVAL_LINES" 0
+check_count --threshold "$THRESHOLD" 0
+check_count --workers "$WORKERS" 1
+if [[ -n "$LOCAL" ]]; then
+  # a local folder may be the corpus folder itself or the folder that contains it
+  if [[ "$SUBDIR" != . && -d "$LOCAL/$SUBDIR" ]]; then LOCAL=$LOCAL/$SUBDIR; fi
+  check_local_files --local "$LOCAL" "the $CORPUS files" "${TRAIN[@]}" "$VALID" "$TEST"
+  LOCAL=$(cd "$LOCAL" && pwd)
+fi
+[[ ! -e "$OUT" || -d "$OUT" ]] || bad_arg --out "got '$OUT', not a folder; allowed: a folder, \
+made where it does not exist"
+require python fairseq-preprocess
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+log "$CORPUS -> $OUT (source: ${LOCAL:-download})"
+
 ORIG=$OUT/orig
 if [[ -z "$LOCAL" ]] && need_stage download "$ORIG"; then
   for url in "${URLS[@]}"; do
@@ -98,13 +118,7 @@ if [[ -z "$LOCAL" ]] && need_stage download "$ORIG"; then
   done
   stage_done "$ORIG"
 fi
-if [[ -n "$LOCAL" ]]; then
-  SRC_DIR=$LOCAL
-  # a local folder may be the corpus folder itself or the folder that contains it
-  if [[ "$SUBDIR" != . && -d "$LOCAL/$SUBDIR" ]]; then SRC_DIR=$LOCAL/$SUBDIR; fi
-else
-  SRC_DIR=$ORIG/$SUBDIR
-fi
+if [[ -n "$LOCAL" ]]; then SRC_DIR=$LOCAL; else SRC_DIR=$ORIG/$SUBDIR; fi
 
 RAW=$OUT/raw
 if need_stage raw "$RAW"; then

@@ -11,6 +11,18 @@
 # E = 128) are reused from the sweep with the old wiring (results/sweep.json). About 14
 # core-hours on 2 cores, two runs at a time, one torch thread each.
 set -euo pipefail
+# No options: -h prints the comment above; anything else is refused before any work (a mistyped
+# option must not start the 14-hour sweep).
+if (( $# )); then
+  if [[ $1 == -h || $1 == --help ]]; then
+    echo "Usage: $(basename "$0")   (no options)"
+    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+    exit 0
+  fi
+  printf '%s: error: %s: unknown argument; allowed: none (-h: what the script does)\n' \
+    "$(basename "$0")" "$1" >&2
+  exit 2
+fi
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 COMMIT=${SWEEP_COMMIT:-fe9c399e1950a92296b937c39619b0ff750b242d}

@@ -53,40 +53,65 @@ PAIR="" LOCAL="" OUT="" MERGES="" SPM=0 VOCAB="" TRAIN_LINES=0 EVAL_LINES=0 MAX_
 RATIO=1.5 MOSES="" WORKERS=""
 while (( $# )); do
   case "$1" in
-    --pair) PAIR=$2; shift 2 ;;
-    --local) LOCAL=$2; shift 2 ;;
-    --out) OUT=$2; shift 2 ;;
-    --bpe-merges) MERGES=$2; shift 2 ;;
-    --sentencepiece) SPM=1; shift ;;
-    --vocab-size) VOCAB=$2; shift 2 ;;
-    --train-lines) TRAIN_LINES=$2; shift 2 ;;
-    --eval-lines) EVAL_LINES=$2; shift 2 ;;
-    --max-len) MAX_LEN=$2; shift 2 ;;
-    --ratio) RATIO=$2; shift 2 ;;
-    --moses) MOSES=$2; shift 2 ;;
-    --workers) WORKERS=$2; shift 2 ;;
+    --sentencepiece) SPM=1; shift; continue ;;
     -h|--help) usage; exit 0 ;;
-    *) usage >&2; die "unknown argument: $1" ;;
+    --pair|--local|--out|--bpe-merges|--vocab-size|--train-lines|--eval-lines|--max-len|--ratio|\
+    --moses|--workers)
+      (( $# >= 2 )) || bad_arg "$1" "no value given; allowed: $1 VALUE (see --help)" ;;
+    *) bad_arg "$1" "unknown option; allowed: the options of --help" ;;
   esac
+  case "$1" in
+    --pair) PAIR=$2 ;;
+    --local) LOCAL=$2 ;;
+    --out) OUT=$2 ;;
+    --bpe-merges) MERGES=$2 ;;
+    --vocab-size) VOCAB=$2 ;;
+    --train-lines) TRAIN_LINES=$2 ;;
+    --eval-lines) EVAL_LINES=$2 ;;
+    --max-len) MAX_LEN=$2 ;;
+    --ratio) RATIO=$2 ;;
+    --moses) MOSES=$2 ;;
+    --workers) WORKERS=$2 ;;
+  esac
+  shift 2
 done
 
 case "$PAIR" in
   en-de) SRC=en TGT=de DEFAULT_MERGES=32000 ;;
   en-fr) SRC=en TGT=fr DEFAULT_MERGES=40000 ;;
-  *) usage >&2; die "--pair must be en-de or en-fr" ;;
+  *) bad_arg --pair "got '$PAIR'; allowed: en-de, en-fr" ;;
 esac
 MERGES=${MERGES:-$DEFAULT_MERGES}
 VOCAB=${VOCAB:-$DEFAULT_MERGES}
 WORKERS=${WORKERS:-$(nproc_or 16)}
 OUT=${OUT:-wmt14_${SRC}_${TGT}}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-[[ -z "$LOCAL" ]] || LOCAL=$(cd "$LOCAL" && pwd)
+
+# Every value is checked before --out is made or anything is read: numbers ...
+check_count --bpe-merges "$MERGES" 1
+check_count --vocab-size "$VOCAB" 1
+check_count --workers "$WORKERS" 1
+check_count --train-lines "$TRAIN_LINES" 0
+check_count --eval-lines "$EVAL_LINES" 0
+check_count --max-len "$MAX_LEN" 1
+[[ "$RATIO" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && ! "$RATIO" =~ ^[0.]+$ ]] \
+  || bad_arg --ratio "got '$RATIO'; allowed: a number > 0"
+# ... the raw (untokenized) files of --local ...
+if [[ -n "$LOCAL" ]]; then
+  check_local_files --local "$LOCAL" "the raw (untokenized) files" "train.$SRC" "train.$TGT" \
+    "newstest2013.$SRC" "newstest2013.$TGT" "newstest2014.$SRC" "newstest2014.$TGT"
+  LOCAL=$(cd "$LOCAL" && pwd)
+fi
+# ... the Moses scripts, --out and the tools
 [[ -z "$MOSES" ]] || [[ -f "$MOSES/tokenizer/tokenizer.perl" ]] \
-  || die "--moses $MOSES: no tokenizer/tokenizer.perl there (give mosesdecoder/scripts)"
+  || bad_arg --moses "got '$MOSES', which has no tokenizer/tokenizer.perl; allowed: the scripts \
+folder of mosesdecoder (mosesdecoder/scripts)"
+[[ ! -e "$OUT" || -d "$OUT" ]] || bad_arg --out "got '$OUT', not a folder; allowed: a folder, \
+made where it does not exist"
 require python fairseq-preprocess
 (( SPM )) || require subword-nmt
 [[ -n "$MOSES" ]] || require sacremoses
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 log "WMT'14 $SRC-$TGT -> $OUT ($( (( SPM )) && echo "sentencepiece $VOCAB" || echo "BPE $MERGES merges"),\
  source: ${LOCAL:-download})"
 
@@ -148,10 +173,6 @@ RAW=$OUT/raw
 if need_stage raw "$RAW"; then
   for l in $SRC $TGT; do
     if [[ -n "$LOCAL" ]]; then
-      for f in train newstest2013 newstest2014; do
-        [[ -f "$LOCAL/$f.$l" ]] || die "--local $LOCAL: missing $f.$l (expected train.{$SRC,$TGT}, \
-newstest2013.{$SRC,$TGT}, newstest2014.{$SRC,$TGT})"
-      done
       head_files "$TRAIN_LINES" "$LOCAL/train.$l" > "$RAW/train.$l"
       head_files "$EVAL_LINES" "$LOCAL/newstest2013.$l" > "$RAW/valid.$l"
       head_files "$EVAL_LINES" "$LOCAL/newstest2014.$l" > "$RAW/test.$l"
