@@ -212,15 +212,16 @@ def softmax_bound(model) -> Optional[int]:
     """d + 1 (+ 1 with an output bias): the most a softmax over this model's output space
     reaches, d being the narrowest width between the decoder's last layer and the output
     embedding (a decoder that projects its state up, like transformer_lm with a wider
-    --decoder-output-dim, or an LSTM's additional_fc, adds no rank); None where the model has
-    no fairseq-mixtape output layer."""
+    --decoder-output-dim, or an LSTM's additional_fc, adds no rank); for a mixture that reads
+    the hidden state itself, in the place of that projection, its input width counts as the
+    projection's would; None where the model has no fairseq-mixtape output layer."""
     from fairseq_mixtape.models.wiring import output_layer_of
 
     try:
         layer = output_layer_of(model)
     except ValueError:
         return None
-    width = layer.embed_dim
+    width = min(layer.embed_dim, layer.input_dim)
     for projection in ("project_out_dim", "additional_fc"):
         linear = getattr(model.decoder, projection, None)
         if isinstance(linear, torch.nn.Linear):
