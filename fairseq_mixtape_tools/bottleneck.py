@@ -215,17 +215,16 @@ def softmax_bound(model) -> Optional[int]:
     --decoder-output-dim, or an LSTM's additional_fc, adds no rank); for a mixture that reads
     the hidden state itself, in the place of that projection, its input width counts as the
     projection's would; None where the model has no fairseq-mixtape output layer."""
-    from fairseq_mixtape.models.wiring import output_layer_of
+    from fairseq_mixtape.models.wiring import output_layer_of, stock_projection
 
     try:
         layer = output_layer_of(model)
     except ValueError:
         return None
     width = min(layer.embed_dim, layer.input_dim)
-    for projection in ("project_out_dim", "additional_fc"):
-        linear = getattr(model.decoder, projection, None)
-        if isinstance(linear, torch.nn.Linear):
-            width = min(width, linear.in_features)
+    projection = stock_projection(model.decoder)
+    if projection is not None:
+        width = min(width, getattr(model.decoder, projection).in_features)
     return width + 1 + (layer.bias is not None)
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fairseq_mixtape.models import output_layer_of
-from fairseq_mixtape.models.wiring import STOCK_PROJECTIONS
+from fairseq_mixtape.models.wiring import STOCK_PROJECTIONS, stock_projection
 from helpers import LAYERS, MIXTURES, NARROW, NARROW_TIED, build
 from references import mixtape_reference, mos_probability_space
 
@@ -23,9 +23,10 @@ def narrow(family, layer, *extra):
     return task, model.double().eval()
 
 
-def stock_projection(model):
-    return next((getattr(model.decoder, name) for name in STOCK_PROJECTIONS
-                 if isinstance(getattr(model.decoder, name, None), torch.nn.Linear)), None)
+def projection_of(model):
+    """The model's stock projection to E (a Linear), or None."""
+    name = stock_projection(model.decoder)
+    return None if name is None else getattr(model.decoder, name)
 
 
 def inputs(task, family):
@@ -44,10 +45,10 @@ def test_mixtures_read_the_hidden_state_and_softmax_the_projection(family, layer
     features, _ = model(*inputs(task, family), features_only=True)
     if layer in MIXTURES:
         assert (output.input_dim, output.embed_dim) == (D, E)
-        assert stock_projection(model) is None and features.shape[-1] == D
+        assert projection_of(model) is None and features.shape[-1] == D
     else:
         assert (output.input_dim, output.embed_dim) == (E, E)
-        assert stock_projection(model).weight.shape == (E, D) and features.shape[-1] == E
+        assert projection_of(model).weight.shape == (E, D) and features.shape[-1] == E
     assert not any(name.split(".")[1] in STOCK_PROJECTIONS
                    for name, _ in model.named_parameters()) or layer not in MIXTURES
 
@@ -76,7 +77,7 @@ def hidden_state(family, model, args):
     assert all("output_projection" in k or "fc_out" in k or k.split(".")[1] in STOCK_PROJECTIONS
                for k in missing)
     captured = []
-    stock_projection(old).register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    projection_of(old).register_forward_hook(lambda m, i, o: captured.append(i[0]))
     return old, captured
 
 
@@ -163,7 +164,7 @@ def test_generate_score_reference_equals_teacher_forcing(family, trained, tmp_pa
                   for line in lines if line.startswith("P-")}
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)])
     model = models[0].eval()
-    assert output_layer_of(model).input_dim == D and stock_projection(model) is None
+    assert output_layer_of(model).input_dim == D and projection_of(model) is None
     task.load_dataset("valid")
     dataset = task.dataset("valid")
     assert len(scored) == len(dataset)

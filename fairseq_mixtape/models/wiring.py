@@ -267,10 +267,10 @@ def output_layer_of(model, required: bool = True) -> Optional[OutputLayer]:
     decoder = model.decoder
     projection = "fc_out" if isinstance(decoder, LSTMDecoder) else "output_projection"
     layer = getattr(decoder, projection, None)  # a stock decoder may have none (tied, adaptive)
-    if not isinstance(layer, OutputLayer) and not required:
+    if isinstance(layer, OutputLayer):
+        return layer
+    if not required:
         return None
-    if not isinstance(layer, OutputLayer):
-        raise ValueError(
-            f"{type(model).__name__} has no fairseq-mixtape output layer: use one of the "
-            "--arch *_mixtape / *_mos architectures (with --user-dir fairseq_mixtape)")
-    return layer
+    raise ValueError(
+        f"{type(model).__name__} has no fairseq-mixtape output layer: use one of the "
+        "--arch *_mixtape / *_mos architectures (with --user-dir fairseq_mixtape)")
