@@ -7,8 +7,8 @@
   (``distributed.utils.broadcast_object``): a user's other ``torch.load`` calls see torch's own
   list, and entries the user added stay. The protection stays on for everything else
   (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is never needed). Where fairseq's checkpoint loading is
-  still refused (a class outside the allowlist), the error says what to do. A torch without the
-  allowlist API (< 2.4) loads with ``weights_only=False`` by default and needs none.
+  still refused (a class outside the allowlist), the error says what to do. A torch without
+  ``get_safe_globals`` (< 2.5) loads with ``weights_only=False`` by default and needs none.
 - NumPy 2 removed ``np.compat.long``, ``np.int`` and ``np.float``, which fairseq's data code
   still uses; we restore them as the aliases they always were.
 - fairseq's torchrun set-up divides by the number of GPUs; on CPU it uses device 0 instead.

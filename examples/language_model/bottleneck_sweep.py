@@ -63,6 +63,7 @@ DEFAULT_VARIANTS = ["softmax", "mixtape", "control", "mos", "mixtape_papers"]
 EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control")
 SPLIT_NAMES = ("ptb.{}.txt", "{}.txt", "wiki.{}.tokens")
 STAGES = ("prepare", "train", "eval", "rank", "table")
+RUN_STAGES = {"train", "eval", "rank"}  # the stages that work in a run's folder
 WIRINGS = ("hidden", "projection")
 UNWIRED = ("softmax", "sigsoftmax")  # layers that read the projection in both wirings
 PLATEAU = 2.0  # % improvement of valid perplexity over the last epoch that counts as a plateau
@@ -263,7 +264,8 @@ def execute(args, run, total_updates):
     if getattr(run, "reused", False):
         return
     bin_dir = args.out / "data-bin"
-    run.check_settings(settings(args))
+    if RUN_STAGES & set(args.stages):  # a table alone reads the runs, and records nothing
+        run.check_settings(args.settings)
     if "train" in args.stages:
         run.step("train_seconds", lambda: train(args, run, total_updates),
                  f"E = {run.dim}: fairseq-train ({args.max_epochs} epochs, {total_updates} updates)")
@@ -417,6 +419,7 @@ def main(argv=None):
     if "prepare" in args.stages:
         prepare(args)
     total_updates = updates_per_epoch(args) * args.max_epochs
+    args.settings = settings(args)  # once: the plugin's commit asks git
     runs = plan(args)
     if args.restore:
         restore_finished(runs, args.results_dir / "sweep.json")
