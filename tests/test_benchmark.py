@@ -1,19 +1,24 @@
 """The benchmark's smoke run (--quick) writes a CSV, a PNG plot and a Markdown table that cover
-every layer and section with finite, positive numbers. No timing is checked."""
+every layer and section with finite, positive numbers. No timing is checked. Its modules import
+one another without a cycle, and its flags are checked before any work."""
 
+import ast
 import csv
 import math
+from pathlib import Path
 
 import pytest
 
-from fairseq_mixtape_tools.benchmark import CHUNKED, LAYERS, main
+from fairseq_mixtape_tools import benchmark
+from fairseq_mixtape_tools.benchmark.command import main, parse_args
+from fairseq_mixtape_tools.benchmark.measure import CHUNKED, LAYERS
 
-pytestmark = pytest.mark.slow  # the benchmark itself
-
+PACKAGE = Path(benchmark.__file__).parent
 NUMBERS = ["time_ms_median", "time_ms_min", "time_ms_max", "time_ms_q1", "time_ms_q3",
            "throughput_per_s", "tensor_mb", "gflops", "params_m"]
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_quick_benchmark_writes_csv_plot_and_table(tmp_path):
     # one thread: many tiny ops are slow on a loaded 2-core machine when two threads sync
     main(["--quick", "--threads", "1", "--out-dir", str(tmp_path), "--name", "quick"])
@@ -50,10 +55,12 @@ def test_quick_benchmark_writes_csv_plot_and_table(tmp_path):
     assert ratio_rows and all("n/a |" not in line.split("|")[2] for line in ratio_rows)
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_mos_components_and_model_configurations(tmp_path):
     """--mos-components sets MoS's K in every section (default 15, the paper's); --model-args
     may be repeated, each configuration measured and reported on its own."""
-    from fairseq_mixtape_tools.benchmark import layer_config, mixtape_flop_model, parse_args
+    from fairseq_mixtape_tools.benchmark.measure import layer_config
+    from fairseq_mixtape_tools.benchmark.report import mixtape_flop_model
 
     defaults = parse_args([])
     assert defaults.mos_components == 15 and defaults.model_args == [""]
@@ -87,6 +94,7 @@ def test_mos_components_and_model_configurations(tmp_path):
     assert "MoS-15" not in table
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_compiled_entries_measured_beside_eager(tmp_path):
     """--compile both: every layer's whole training step eagerly and with
     --compile-output-layer in the same rounds; the compiled graphs exist before the timed
@@ -120,6 +128,7 @@ MEMORY_SMALL = ["--sections", "memory", "--threads", "1", "--mos-components", "4
                 "--memory-dim", "64", "--memory-chunk-tokens", "4096", "32", "--no-plot"]
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_memory_under_fake_tensors_equals_computed(tmp_path):
     """The memory section's live-tensor peaks under FakeTensorMode (no arithmetic) are those
     of the computed step, byte for byte, for every layer, both criterions, whole and chunked
@@ -127,7 +136,7 @@ def test_memory_under_fake_tensors_equals_computed(tmp_path):
     pass every peak is lower."""
     import torch
 
-    from fairseq_mixtape_tools.benchmark import memory_section, parse_args
+    from fairseq_mixtape_tools.benchmark.sections import memory_section
 
     peaks = {}
     for compute in ("real", "fake"):
@@ -152,6 +161,7 @@ def test_memory_under_fake_tensors_equals_computed(tmp_path):
     assert all(forward_only[key] < peaks["real"][key][0] for key in forward_only)
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_memory_section_writes_tables(tmp_path):
     """Settings as numbers and ``default`` (the criterion's flag unset: at V = 2K, 4096)."""
     main(MEMORY_SMALL + ["--layers", "softmax", "mixtape", "--memory-chunk-tokens", "default",
@@ -169,6 +179,7 @@ def test_memory_section_writes_tables(tmp_path):
     assert "## Ratios" not in table  # nothing timed
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_memory_unset_chunks_follow_each_layer(tmp_path, monkeypatch):
     """Unset, MoS-K's chunks hold K times fewer positions than softmax's (K x V scores per
     position), and the table names both sizes."""
@@ -194,11 +205,12 @@ def read_grid(tmp_path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_grid_writes_tables_and_plot_and_resumes(tmp_path, capsys):
     """--grid: every (E, V) cell, its rows appended to the CSV; tables and heat map from it.
     A rerun measures only the (cell, mode) pairs the CSV lacks: here one cell compiled (each
     compiled graph costs seconds), then nothing."""
-    from fairseq_mixtape_tools.grid import GRID_LAYERS
+    from fairseq_mixtape_tools.benchmark.grid import GRID_LAYERS
 
     main(grid_args(tmp_path, [8, 16], [50, 100]))
     rows = read_grid(tmp_path)
@@ -237,11 +249,11 @@ def test_grid_writes_tables_and_plot_and_resumes(tmp_path, capsys):
     assert read_grid(tmp_path) == rows
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_grid_skips_a_cell_that_would_not_fit(tmp_path, monkeypatch, capsys):
     """A cell whose estimated peak memory (with the margin) exceeds the memory available is
     not run: a row per mode says skipped, with the estimate; the tables say so too."""
-    from fairseq_mixtape_tools import grid
-    from fairseq_mixtape_tools.benchmark import parse_args
+    from fairseq_mixtape_tools.benchmark import grid
 
     args = parse_args(grid_args(tmp_path, [8], [50, 20000]))
     estimates = {vocab: grid.cell_memory_mb({name: grid.layer_cost(name, 8, vocab, 8, args)
@@ -269,8 +281,25 @@ def test_grid_skips_a_cell_that_would_not_fit(tmp_path, monkeypatch, capsys):
      "--memory-chunk-tokens: got 'many'; allowed: a whole number >= 0 or 'default'"),
 ])
 def test_grid_flags_are_checked_before_any_work(flags, message, capsys):
-    from fairseq_mixtape_tools.benchmark import parse_args
-
     with pytest.raises(SystemExit):
         parse_args(["--grid", *flags])
     assert message in capsys.readouterr().err
+
+
+def package_imports(module: str) -> set:
+    """The modules of the benchmark package that ``module`` imports, at its top or in a function."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    return {name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
+            for name in ([node.module] if node.module else [a.name for a in node.names])}
+
+
+def test_modules_depend_on_measurement_and_report_without_a_cycle():
+    """The grid (like the sections and the report) depends on the measurement and the report
+    only, never on the command line that runs it; ``__init__`` imports nothing when loaded."""
+    modules = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    graph = {module: package_imports(module) for module in modules}
+    assert graph == {"measure": set(), "report": {"measure"}, "sections": {"measure"},
+                     "grid": {"measure", "report"},
+                     "command": {"grid", "measure", "report", "sections"}}
+    init = ast.parse((PACKAGE / "__init__.py").read_text())
+    assert not [node for node in init.body if isinstance(node, (ast.Import, ast.ImportFrom))]

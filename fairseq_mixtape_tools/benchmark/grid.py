@@ -57,10 +57,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .benchmark import (Result, _malloc_trim, autocast, compiled_graphs, describe_device, fmt,
-                        layer_config, layer_label, load_average, log, measure, paired_ratio,
-                        params_m, synchronize)
-from .memory import LiveTensorPeak
+from ..memory import LiveTensorPeak, malloc_trim
+from .measure import (Result, autocast, compiled_graphs, layer_config, log, measure, params_m,
+                      synchronize)
+from .report import describe_device, fmt, layer_label, load_average, paired_ratio
 
 GRID_LAYERS = ["softmax", "mixtape", "mos"]
 MODES = ["eager", "compiled"]
@@ -90,7 +90,7 @@ CONFIG = ["positions", "components", "device", "dtype", "threads"]  # equal in o
 # ----------------------------------------------------------------------------- arguments
 def add_arguments(parser):
     g = parser.add_argument_group(
-        "output layer over a (V, E) grid (--grid; see fairseq_mixtape_tools/grid.py)")
+        "output layer over a (V, E) grid (--grid; see fairseq_mixtape_tools/benchmark/grid.py)")
     g.add_argument("--grid", action="store_true",
                    help="instead of the sections: the training step of the output layer alone "
                         "(softmax, Mixtape, MoS), eager and compiled, at every (E, V); "
@@ -220,7 +220,7 @@ def available_mb(device) -> float:
     where it cannot be read)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] / 2 ** 20
-    _malloc_trim()  # return the previous cell's freed heap first
+    malloc_trim()  # return the previous cell's freed heap first
     try:
         with open("/proc/meminfo") as f:
             for line in f:
