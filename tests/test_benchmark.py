@@ -51,6 +51,7 @@ def test_quick_benchmark_writes_csv_plot_and_table(tmp_path):
     for layer in LAYERS + [CHUNKED]:
         assert f"| {layer} |" in table
     assert "(1 + (K-1) S/V)" in table and "**1.30**" in table
+    assert "| target |" not in table and "| held |" not in table  # targets: benchmarks/README.md
     ratio_rows = [line for line in table.splitlines() if line.startswith("| transformer_wmt")]
     assert ratio_rows and all("n/a |" not in line.split("|")[2] for line in ratio_rows)
 

@@ -122,29 +122,28 @@ def shape_ratios(results: List[Result], args) -> List[str]:
 
 
 def ratios_table(results: List[Result], args) -> List[str]:
-    """The ratios the speed and memory targets are about, and the FLOP model beside them."""
+    """The headline ratios (Mixtape and MoS against softmax and each other, in time and memory)
+    and the FLOP model beside them. The targets they are held against are in the benchmarks'
+    documentation (benchmarks/README.md), not here."""
     V = 32000 if 32000 in args.vocabs else args.vocabs[len(args.vocabs) // 2]
     d = 512 if 512 in args.dims else args.dims[0]
     simple, full = mixtape_flop_model(V, d)
     simple_m, full_m = mixtape_flop_model(args.model_vocab, d)
     rows = []
 
-    def row(what, a, b, invert, target, ok, flop_text="", kind="time"):
+    def row(what, a, b, invert, flop_text="", kind="time"):
         if a is None or b is None:
-            rows.append(f"| {what} | n/a | {flop_text} | {target} | n/a |")
+            rows.append(f"| {what} | n/a | {flop_text} |")
             return
         if kind == "time":
-            r = paired_ratio(a, b, invert)
-            value, text = r[0], fmt_ratio(r)
+            text = fmt_ratio(paired_ratio(a, b, invert))
         else:
             num, den = getattr(a, kind), getattr(b, kind)
             if not den > 0 or math.isnan(num):  # no memory reading on this platform
-                rows.append(f"| {what} | n/a | {flop_text} | {target} | n/a |")
+                rows.append(f"| {what} | n/a | {flop_text} |")
                 return
-            value = num / den
-            text = f"{value:.2f}"
-        rows.append(f"| {what} | {text} | {flop_text} | {target} | "
-                    f"{'n/a' if ok is None else ('**yes**' if ok(value) else '**no**')} |")
+            text = f"{num / den:.2f}"
+        rows.append(f"| {what} | {text} | {flop_text} |")
 
     def flops(a, b, label="counted"):
         ok = a is not None and b is not None and b.gflops > 0
@@ -159,53 +158,48 @@ def ratios_table(results: List[Result], args) -> List[str]:
     ol = {(name, mode): find(results, "output_layer", name, mode, V, d)
           for name in LAYERS for mode in ("train", "infer")}
     K = args.mos_components
-    # the MoS targets are about the paper's K = 15; at another K there is none to hold
-    mos_target, mos_ok = (">= 5", lambda v: v >= 5) if K == 15 else ("", None)
-    chunk_target = ("<= 2", lambda v: v <= 2) if K == 15 else ("", None)
-    rows += ["| ratio (median of per-round ratios [min-max]) | measured | FLOPs | target "
-             "| held |", "|---|---|---|---|---|"]
+    rows += ["| ratio (median of per-round ratios [min-max]) | measured | FLOPs |", "|---|---|---|"]
     mem, mem_name = "peak_mb", "CUDA" if args.device == "cuda" else "RSS"
     row("transformer_wmt_en_de training words/s, Mixtape / softmax", mt["mixtape"], mt["softmax"],
-        True, ">= 0.85", lambda v: v >= 0.85, inverse_flops(mt["mixtape"], mt["softmax"]))
+        True, inverse_flops(mt["mixtape"], mt["softmax"]))
     row(f"transformer_wmt_en_de training step time, MoS-{K} / Mixtape", mt["mos"], mt["mixtape"],
-        False, mos_target, mos_ok, flops(mt["mos"], mt["mixtape"]))
+        False, flops(mt["mos"], mt["mixtape"]))
     row(f"output layer alone (V={V}, d={d}) training step time, MoS-{K} / Mixtape",
-        ol["mos", "train"], ol["mixtape", "train"], False, mos_target, mos_ok,
+        ol["mos", "train"], ol["mixtape", "train"], False,
         flops(ol["mos", "train"], ol["mixtape", "train"]))
     row(f"transformer_wmt_en_de peak training memory ({mem_name}), Mixtape / softmax",
-        mt["mixtape"], mt["softmax"], False, "<= 1.25", lambda v: v <= 1.25, kind=mem)
+        mt["mixtape"], mt["softmax"], False, kind=mem)
     row("transformer_wmt_en_de peak training memory (live tensors), Mixtape / softmax",
-        mt["mixtape"], mt["softmax"], False, "<= 1.25", lambda v: v <= 1.25, kind="tensor_mb")
+        mt["mixtape"], mt["softmax"], False, kind="tensor_mb")
     row(f"transformer_wmt_en_de peak training memory ({mem_name}), MoS-{K} chunked / softmax",
-        mt[CHUNKED], mt["softmax"], False, *chunk_target, kind=mem)
+        mt[CHUNKED], mt["softmax"], False, kind=mem)
     row(f"transformer_wmt_en_de peak training memory (live tensors), MoS-{K} chunked / softmax",
-        mt[CHUNKED], mt["softmax"], False, *chunk_target, kind="tensor_mb")
+        mt[CHUNKED], mt["softmax"], False, kind="tensor_mb")
     row("beam search sentences/s, Mixtape / softmax", beam["mixtape"], beam["softmax"], True,
-        ">= 0.9", lambda v: v >= 0.9, inverse_flops(beam["mixtape"], beam["softmax"]))
-    rows.append("| *other ratios* | | | | |")
+        inverse_flops(beam["mixtape"], beam["softmax"]))
     row(f"transformer_wmt_en_de peak training memory ({mem_name}), MoS-{K} unchunked / softmax",
-        mt["mos"], mt["softmax"], False, "", None, kind=mem)
+        mt["mos"], mt["softmax"], False, kind=mem)
     row(f"transformer_wmt_en_de peak training memory (live tensors), MoS-{K} unchunked / softmax",
-        mt["mos"], mt["softmax"], False, "", None, kind="tensor_mb")
+        mt["mos"], mt["softmax"], False, kind="tensor_mb")
     row(f"transformer_wmt_en_de step time, MoS-{K} chunked / Mixtape", mt[CHUNKED], mt["mixtape"],
-        False, "", None, flops(mt[CHUNKED], mt["mixtape"]))
+        False, flops(mt[CHUNKED], mt["mixtape"]))
     row("transformer_lm training words/s, Mixtape / softmax", lm["mixtape"], lm["softmax"], True,
-        "", None, inverse_flops(lm["mixtape"], lm["softmax"]))
+        inverse_flops(lm["mixtape"], lm["softmax"]))
     row(f"transformer_lm training step time, MoS-{K} / Mixtape", lm["mos"], lm["mixtape"], False,
-        "", None, flops(lm["mos"], lm["mixtape"]))
+        flops(lm["mos"], lm["mixtape"]))
     for kind, name in [(mem, mem_name), ("tensor_mb", "live tensors")]:
         row(f"transformer_lm peak training memory ({name}), Mixtape / softmax", lm["mixtape"],
-            lm["softmax"], False, "", None, kind=kind)
+            lm["softmax"], False, kind=kind)
         row(f"transformer_lm peak training memory ({name}), MoS-{K} chunked / softmax",
-            lm[CHUNKED], lm["softmax"], False, "", None, kind=kind)
+            lm[CHUNKED], lm["softmax"], False, kind=kind)
     model = f"model {simple:.2f}, full count {full:.2f}; "
     for mode, what in [("train", "train"), ("infer", "inference")]:
         row(f"output layer alone V={V} d={d}, {what} time, Mixtape / softmax",
-            ol["mixtape", mode], ol["softmax", mode], False, "", None,
+            ol["mixtape", mode], ol["softmax", mode], False,
             model + flops(ol["mixtape", mode], ol["softmax", mode]))
     for kind, name in [(mem, mem_name), ("tensor_mb", "live tensors")]:
         row(f"output layer alone V={V} d={d}, peak train memory ({name}), Mixtape / softmax",
-            ol["mixtape", "train"], ol["softmax", "train"], False, "", None, kind=kind)
+            ol["mixtape", "train"], ol["softmax", "train"], False, kind=kind)
     lines = ["## Ratios", "",
              f"FLOP model: a Mixtape output layer costs about (1 + (K-1) S/V) x softmax's: K=4, "
              f"S=0.1V: **{simple:.2f}**; counting the context projection (K d^2) and the gates "
