@@ -287,6 +287,20 @@ def test_grid_flags_are_checked_before_any_work(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_quick_supplies_defaults_only_for_flags_not_given():
+    """--quick's sizes and rounds are defaults: a flag given keeps its value, in any order, even
+    where it equals the flag's own default (--repeats 5)."""
+    quick = parse_args(["--quick"])
+    assert (quick.repeats, quick.vocabs, quick.dims, quick.warmup) == (2, [500, 1000], [32], 0)
+    for argv in (["--quick", "--repeats", "5", "--vocabs", "2000", "--warmup", "1"],
+                 ["--repeats", "5", "--vocabs", "2000", "--warmup", "1", "--quick"]):
+        given = parse_args(argv)
+        assert (given.repeats, given.vocabs, given.warmup) == (5, [2000], 1), argv
+        assert (given.dims, given.mos_repeats, given.name) == ([32], 2, "benchmark_cpu_quick")
+    grid = parse_args(["--quick", "--grid", "--grid-dims", "32"])
+    assert (grid.grid_dims, grid.grid_vocabs, grid.grid_positions) == ([32], [50, 100], 8)
+
+
 def package_imports(module: str) -> set:
     """The modules of the benchmark package that ``module`` imports, at its top or in a function."""
     tree = ast.parse((PACKAGE / f"{module}.py").read_text())

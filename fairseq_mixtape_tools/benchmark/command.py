@@ -33,6 +33,25 @@ QUICK = dict(vocabs=[500, 1000], dims=[32], positions=16, model_vocab=1000, mt_b
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The benchmark's options, checked. With --quick, QUICK (and the grid's) supply the
+    defaults of the flags the command line does not give; a flag given keeps its value."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK, **grid.QUICK)
+        args = parser.parse_args(argv)
+    grid.resolve_args(parser, args)
+    check_benchmark_args(parser, args)
+    if args.threads is None and args.device == "cpu":
+        args.threads = 1
+    args.model_args = args.model_args or [""]
+    args.name = args.name or (("grid" if args.grid else "benchmark") + f"_{args.device}"
+                              + ("_quick" if args.quick else ""))
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         description="Benchmark softmax, MoS, Mixtape and sigsoftmax output layers: the layer "
                     "alone, whole fairseq training steps, beam search; time and peak memory.",
@@ -112,21 +131,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="file name stem (default: benchmark_<device>; grid_<device> with --grid)")
     g.add_argument("--no-plot", action="store_true")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: tiny vocabularies, dimensions and models, 2 rounds")
+                   help="smoke run: tiny models, and tiny sizes and 2 rounds where the size and "
+                        "round flags are not given")
     grid.add_arguments(p)
-    args = p.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    grid.resolve_args(p, args)
-    check_benchmark_args(p, args)
-    if args.threads is None and args.device == "cpu":
-        args.threads = 1
-    args.model_args = args.model_args or [""]
-    args.name = args.name or (("grid" if args.grid else "benchmark") + f"_{args.device}"
-                              + ("_quick" if args.quick else ""))
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    return args
+    return p
 
 
 def check_benchmark_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -68,7 +68,7 @@ DIMS = [16, 64, 256, 1024]
 VOCABS = [10000, 32000, 128000, 256000]
 POSITIONS = 64        # the default grid in 30-60 minutes on one CPU core shared with other jobs
 MOS_COMPONENTS = 4    # MoS's K with --grid (unless --mos-components)
-QUICK = dict(grid_dims=[8, 16], grid_vocabs=[50, 100], grid_positions=8)
+QUICK = dict(grid_dims=[8, 16], grid_vocabs=[50, 100], grid_positions=8)  # --quick's defaults
 MIN_VOCAB = 10        # Mixtape's S = 0.1 V: at least one token with its own gates
 NO_PADDING = -1       # padding_idx of the loss: no target is padding, every position counts
 
@@ -104,11 +104,8 @@ def add_arguments(parser):
 
 
 def resolve_args(parser, args):
-    """--quick's grid sizes, MoS's K, and the checks of the grid flags (argparse errors that
-    name the flag, the value and what is allowed, before any work)."""
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    """MoS's K, and the checks of the grid flags (argparse errors that name the flag, the value
+    and what is allowed, before any work)."""
     if args.mos_components is None:
         args.mos_components = MOS_COMPONENTS if args.grid else 15
 
