@@ -5,15 +5,17 @@ one another without a cycle, and its flags are checked before any work."""
 import ast
 import csv
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from fairseq_mixtape_tools import benchmark
-from fairseq_mixtape_tools.benchmark.command import main, parse_args
+from fairseq_mixtape_tools.benchmark.command import OUT_DIR, main, parse_args
 from fairseq_mixtape_tools.benchmark.measure import CHUNKED, LAYERS
 
 PACKAGE = Path(benchmark.__file__).parent
+REPO = PACKAGE.parents[1]
 NUMBERS = ["time_ms_median", "time_ms_min", "time_ms_max", "time_ms_q1", "time_ms_q3",
            "throughput_per_s", "tensor_mb", "gflops", "params_m"]
 
@@ -299,6 +301,30 @@ def test_quick_supplies_defaults_only_for_flags_not_given():
         assert (given.dims, given.mos_repeats, given.name) == ([32], 2, "benchmark_cpu_quick")
     grid = parse_args(["--quick", "--grid", "--grid-dims", "32"])
     assert (grid.grid_dims, grid.grid_vocabs, grid.grid_positions) == ([32], [50, 100], 8)
+
+
+def test_default_out_dir_is_git_ignored():
+    """Without --out-dir the results go to OUT_DIR, which git ignores wherever it is made: a run
+    does not dirty the checkout, whose benchmarks/ holds the published results."""
+    assert parse_args([]).out_dir == parse_args(["--grid"]).out_dir == OUT_DIR != "benchmarks"
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for folder in (OUT_DIR, f"examples/{OUT_DIR}"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"{folder}/benchmark_cpu.csv"],
+                                 cwd=REPO)
+        assert ignored.returncode == 0, f"{folder} is not git-ignored"
+    published = subprocess.run(["git", "check-ignore", "-q", "benchmarks/benchmark_cpu.csv"],
+                               cwd=REPO)
+    assert published.returncode == 1
+
+
+@pytest.mark.slow  # the benchmark itself
+def test_results_go_to_the_default_out_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["--quick", "--threads", "1", "--sections", "output_layer", "--layers", "softmax",
+          "--no-plot", "--name", "quick"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OUT_DIR]
+    assert sorted(p.name for p in (tmp_path / OUT_DIR).iterdir()) == ["quick.csv", "quick.md"]
 
 
 def package_imports(module: str) -> set:

@@ -10,6 +10,9 @@ the grid (grid.py), measured (measure.py) and reported (report.py).
         --model-args '--decoder-input-dim 128 --decoder-output-dim 128'   # two model shapes
     python scripts/benchmark.py --sections mt --compile both   # eager and compiled models
     python scripts/benchmark.py --sections memory --mos-components 4   # memory at V=128K, 256K
+
+The results go to ``--out-dir``, by default ``OUT_DIR`` in the current folder, which git
+ignores: a run leaves the published results (benchmarks/) as they are unless told to write there.
 """
 
 import argparse
@@ -27,6 +30,7 @@ from .measure import COMPILE_WARMUP, DEFAULT_CHUNKS, LAYERS, Result, log
 from .report import describe_device, load_average, write_report
 from .sections import SECTIONS, model_argv, run_sections
 
+OUT_DIR = "benchmark-results"  # the default --out-dir, git-ignored (benchmarks/: published ones)
 QUICK = dict(vocabs=[500, 1000], dims=[32], positions=16, model_vocab=1000, mt_batch=2,
              mt_length=6, lm_batch=2, lm_length=8, beam_sentences=2, beam_length=4, repeats=2,
              mos_repeats=2, warmup=0)
@@ -126,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fake: the model and step under FakeTensorMode (shapes and allocations, "
                         "no arithmetic and no memory: any size fits); real: computed")
     g = p.add_argument_group("output")
-    g.add_argument("--out-dir", default="benchmarks")
+    g.add_argument("--out-dir", default=OUT_DIR,
+                   help="folder of the CSV, Markdown and plot, made where it does not exist "
+                        "(the published results are in the checkout's benchmarks/)")
     g.add_argument("--name", default=None,
                    help="file name stem (default: benchmark_<device>; grid_<device> with --grid)")
     g.add_argument("--no-plot", action="store_true")

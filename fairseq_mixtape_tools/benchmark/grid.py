@@ -1,6 +1,6 @@
 """The output layer alone over a (V, E) grid, eagerly and compiled: ``benchmark.py --grid``.
 
-    python scripts/benchmark.py --grid --threads 1     # benchmarks/grid_cpu.{csv,md,png}
+    python scripts/benchmark.py --grid --threads 1     # <out-dir>/grid_cpu.{csv,md,png}
     python scripts/benchmark.py --grid --quick         # tiny sizes, 2 rounds (grid_cpu_quick.*)
 
 What one step is: the training step of the layer alone on random features (1 sequence of N
