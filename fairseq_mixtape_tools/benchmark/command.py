@@ -1,7 +1,7 @@
 """The benchmark's command line: its flags and their checks, then the sections (sections.py) or
 the grid (grid.py), measured (measure.py) and reported (report.py).
 
-    python scripts/benchmark.py            # the default CPU run (4 minutes on 2 loaded cores)
+    python scripts/benchmark.py            # the default CPU run (a few minutes)
     python scripts/benchmark.py --quick    # a smoke run with tiny sizes (well under a minute)
     python scripts/benchmark.py --grid     # the layer alone over (E, V), eager and compiled
     python scripts/benchmark.py --device cuda --dtype bfloat16 --dims 512 1024 --positions 2048
@@ -65,9 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float16/bfloat16: run forward passes under torch.autocast")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: 1 on CPU, torch's default on CUDA). On a "
-                        "shared machine with fewer free cores than threads, every parallel op "
-                        "waits for a descheduled thread: whole training steps ran 3-5x slower "
-                        "with 2 threads than with 1 on the loaded 2-core machine of the README")
+                        "machine with fewer free cores than threads, every parallel op waits for "
+                        "a descheduled thread, and whole training steps run several times slower")
     p.add_argument("--layers", nargs="+", default=LAYERS, choices=LAYERS)
     p.add_argument("--sections", nargs="+", default=SECTIONS, choices=SECTIONS + ["memory"],
                    help="'memory' (not in the default): peak training memory at large "
