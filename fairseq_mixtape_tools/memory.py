@@ -1,12 +1,19 @@
-"""The live-tensor peak memory of a block of torch code, device- and allocator-independent (and
-the FLOPs of its matrix products): for the benchmark and the tests.
+"""The memory of a block of torch code, for the benchmark and the tests: the live-tensor peak,
+device- and allocator-independent (and the FLOPs of its matrix products), and the peak the
+process itself sees (RSS growth on CPU, allocated memory on CUDA).
 
     with LiveTensorPeak() as tracker:
         loss.backward()
     tracker.peak, tracker.flops   # bytes, FLOPs
+
+    peak_memory_mb(step, device)  # MiB added by one call of step()
 """
 
+import ctypes
+import gc
 import math
+import os
+from typing import Callable
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -66,3 +73,65 @@ class LiveTensorPeak(TorchDispatchMode):
             self.bound = sum(nbytes for _, nbytes in self.live.values())
             self.peak = max(self.peak, self.bound)
         return out
+
+
+_LIBC = None
+
+
+def malloc_trim():
+    """Return the freed heap memory of glibc's allocator to the system (elsewhere: nothing)."""
+    global _LIBC
+    try:
+        _LIBC = _LIBC or ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def rss_peak_supported() -> bool:
+    """Whether this system lets the process reset and read its peak RSS (Linux /proc)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _hwm_bytes()
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
+    """Run ``step`` once; the peak memory it adds, in MiB. CUDA: ``max_memory_allocated`` during
+    the step minus the memory allocated before it. CPU: the growth of the process's resident set
+    (RSS) during the step over its RSS just before it, read from VmHWM after resetting it through
+    ``/proc/self/clear_refs`` and returning freed heap memory to the system (``malloc_trim``); it
+    also counts the allocator's heap fragmentation. NaN where /proc cannot tell."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    if not rss_peak_supported():
+        step()
+        return math.nan
+    malloc_trim()
+    base = _rss_bytes()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set size (VmHWM) to the current RSS
+    step()
+    return (_hwm_bytes() - base) / 2 ** 20

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Benchmark the output layers: see fairseq_mixtape_tools/benchmark.py or --help (installed as
+"""Benchmark the output layers: see fairseq_mixtape_tools/benchmark/ or --help (installed as
 the console script fairseq-mixtape-benchmark).
 
-    python scripts/benchmark.py            # default CPU run: CSV, PNG and Markdown in benchmarks/
-    python scripts/benchmark.py --quick    # smoke run
+    python scripts/benchmark.py          # default CPU run: CSV, PNG, Markdown in benchmark-results/
+    python scripts/benchmark.py --quick  # smoke run
 """
 
 import sys

@@ -1,19 +1,26 @@
 """The benchmark's smoke run (--quick) writes a CSV, a PNG plot and a Markdown table that cover
-every layer and section with finite, positive numbers. No timing is checked."""
+every layer and section with finite, positive numbers. No timing is checked. Its modules import
+one another without a cycle, and its flags are checked before any work."""
 
+import ast
 import csv
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from fairseq_mixtape_tools.benchmark import CHUNKED, LAYERS, main
+from fairseq_mixtape_tools import benchmark
+from fairseq_mixtape_tools.benchmark.command import OUT_DIR, main, parse_args
+from fairseq_mixtape_tools.benchmark.measure import CHUNKED, LAYERS
 
-pytestmark = pytest.mark.slow  # the benchmark itself
-
+PACKAGE = Path(benchmark.__file__).parent
+REPO = PACKAGE.parents[1]
 NUMBERS = ["time_ms_median", "time_ms_min", "time_ms_max", "time_ms_q1", "time_ms_q3",
            "throughput_per_s", "tensor_mb", "gflops", "params_m"]
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_quick_benchmark_writes_csv_plot_and_table(tmp_path):
     # one thread: many tiny ops are slow on a loaded 2-core machine when two threads sync
     main(["--quick", "--threads", "1", "--out-dir", str(tmp_path), "--name", "quick"])
@@ -46,14 +53,17 @@ def test_quick_benchmark_writes_csv_plot_and_table(tmp_path):
     for layer in LAYERS + [CHUNKED]:
         assert f"| {layer} |" in table
     assert "(1 + (K-1) S/V)" in table and "**1.30**" in table
+    assert "| target |" not in table and "| held |" not in table  # targets: benchmarks/README.md
     ratio_rows = [line for line in table.splitlines() if line.startswith("| transformer_wmt")]
     assert ratio_rows and all("n/a |" not in line.split("|")[2] for line in ratio_rows)
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_mos_components_and_model_configurations(tmp_path):
     """--mos-components sets MoS's K in every section (default 15, the paper's); --model-args
     may be repeated, each configuration measured and reported on its own."""
-    from fairseq_mixtape_tools.benchmark import layer_config, mixtape_flop_model, parse_args
+    from fairseq_mixtape_tools.benchmark.measure import layer_config
+    from fairseq_mixtape_tools.benchmark.report import mixtape_flop_model
 
     defaults = parse_args([])
     assert defaults.mos_components == 15 and defaults.model_args == [""]
@@ -87,6 +97,7 @@ def test_mos_components_and_model_configurations(tmp_path):
     assert "MoS-15" not in table
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_compiled_entries_measured_beside_eager(tmp_path):
     """--compile both: every layer's whole training step eagerly and with
     --compile-output-layer in the same rounds; the compiled graphs exist before the timed
@@ -120,6 +131,7 @@ MEMORY_SMALL = ["--sections", "memory", "--threads", "1", "--mos-components", "4
                 "--memory-dim", "64", "--memory-chunk-tokens", "4096", "32", "--no-plot"]
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_memory_under_fake_tensors_equals_computed(tmp_path):
     """The memory section's live-tensor peaks under FakeTensorMode (no arithmetic) are those
     of the computed step, byte for byte, for every layer, both criterions, whole and chunked
@@ -127,7 +139,7 @@ def test_memory_under_fake_tensors_equals_computed(tmp_path):
     pass every peak is lower."""
     import torch
 
-    from fairseq_mixtape_tools.benchmark import memory_section, parse_args
+    from fairseq_mixtape_tools.benchmark.sections import memory_section
 
     peaks = {}
     for compute in ("real", "fake"):
@@ -152,6 +164,7 @@ def test_memory_under_fake_tensors_equals_computed(tmp_path):
     assert all(forward_only[key] < peaks["real"][key][0] for key in forward_only)
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_memory_section_writes_tables(tmp_path):
     """Settings as numbers and ``default`` (the criterion's flag unset: at V = 2K, 4096)."""
     main(MEMORY_SMALL + ["--layers", "softmax", "mixtape", "--memory-chunk-tokens", "default",
@@ -169,6 +182,7 @@ def test_memory_section_writes_tables(tmp_path):
     assert "## Ratios" not in table  # nothing timed
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_memory_unset_chunks_follow_each_layer(tmp_path, monkeypatch):
     """Unset, MoS-K's chunks hold K times fewer positions than softmax's (K x V scores per
     position), and the table names both sizes."""
@@ -194,11 +208,12 @@ def read_grid(tmp_path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_grid_writes_tables_and_plot_and_resumes(tmp_path, capsys):
     """--grid: every (E, V) cell, its rows appended to the CSV; tables and heat map from it.
     A rerun measures only the (cell, mode) pairs the CSV lacks: here one cell compiled (each
     compiled graph costs seconds), then nothing."""
-    from fairseq_mixtape_tools.grid import GRID_LAYERS
+    from fairseq_mixtape_tools.benchmark.grid import GRID_LAYERS
 
     main(grid_args(tmp_path, [8, 16], [50, 100]))
     rows = read_grid(tmp_path)
@@ -237,11 +252,11 @@ def test_grid_writes_tables_and_plot_and_resumes(tmp_path, capsys):
     assert read_grid(tmp_path) == rows
 
 
+@pytest.mark.slow  # the benchmark itself
 def test_grid_skips_a_cell_that_would_not_fit(tmp_path, monkeypatch, capsys):
     """A cell whose estimated peak memory (with the margin) exceeds the memory available is
     not run: a row per mode says skipped, with the estimate; the tables say so too."""
-    from fairseq_mixtape_tools import grid
-    from fairseq_mixtape_tools.benchmark import parse_args
+    from fairseq_mixtape_tools.benchmark import grid
 
     args = parse_args(grid_args(tmp_path, [8], [50, 20000]))
     estimates = {vocab: grid.cell_memory_mb({name: grid.layer_cost(name, 8, vocab, 8, args)
@@ -269,8 +284,63 @@ def test_grid_skips_a_cell_that_would_not_fit(tmp_path, monkeypatch, capsys):
      "--memory-chunk-tokens: got 'many'; allowed: a whole number >= 0 or 'default'"),
 ])
 def test_grid_flags_are_checked_before_any_work(flags, message, capsys):
-    from fairseq_mixtape_tools.benchmark import parse_args
-
     with pytest.raises(SystemExit):
         parse_args(["--grid", *flags])
     assert message in capsys.readouterr().err
+
+
+def test_quick_supplies_defaults_only_for_flags_not_given():
+    """--quick's sizes and rounds are defaults: a flag given keeps its value, in any order, even
+    where it equals the flag's own default (--repeats 5)."""
+    quick = parse_args(["--quick"])
+    assert (quick.repeats, quick.vocabs, quick.dims, quick.warmup) == (2, [500, 1000], [32], 0)
+    for argv in (["--quick", "--repeats", "5", "--vocabs", "2000", "--warmup", "1"],
+                 ["--repeats", "5", "--vocabs", "2000", "--warmup", "1", "--quick"]):
+        given = parse_args(argv)
+        assert (given.repeats, given.vocabs, given.warmup) == (5, [2000], 1), argv
+        assert (given.dims, given.mos_repeats, given.name) == ([32], 2, "benchmark_cpu_quick")
+    grid = parse_args(["--quick", "--grid", "--grid-dims", "32"])
+    assert (grid.grid_dims, grid.grid_vocabs, grid.grid_positions) == ([32], [50, 100], 8)
+
+
+def test_default_out_dir_is_git_ignored():
+    """Without --out-dir the results go to OUT_DIR, which git ignores wherever it is made: a run
+    does not dirty the checkout, whose benchmarks/ holds the published results."""
+    assert parse_args([]).out_dir == parse_args(["--grid"]).out_dir == OUT_DIR != "benchmarks"
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for folder in (OUT_DIR, f"examples/{OUT_DIR}"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"{folder}/benchmark_cpu.csv"],
+                                 cwd=REPO)
+        assert ignored.returncode == 0, f"{folder} is not git-ignored"
+    published = subprocess.run(["git", "check-ignore", "-q", "benchmarks/benchmark_cpu.csv"],
+                               cwd=REPO)
+    assert published.returncode == 1
+
+
+@pytest.mark.slow  # the benchmark itself
+def test_results_go_to_the_default_out_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["--quick", "--threads", "1", "--sections", "output_layer", "--layers", "softmax",
+          "--no-plot", "--name", "quick"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OUT_DIR]
+    assert sorted(p.name for p in (tmp_path / OUT_DIR).iterdir()) == ["quick.csv", "quick.md"]
+
+
+def package_imports(module: str) -> set:
+    """The modules of the benchmark package that ``module`` imports, at its top or in a function."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    return {name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
+            for name in ([node.module] if node.module else [a.name for a in node.names])}
+
+
+def test_modules_depend_on_measurement_and_report_without_a_cycle():
+    """The grid (like the sections and the report) depends on the measurement and the report
+    only, never on the command line that runs it; ``__init__`` imports nothing when loaded."""
+    modules = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    graph = {module: package_imports(module) for module in modules}
+    assert graph == {"measure": set(), "report": {"measure"}, "sections": {"measure"},
+                     "grid": {"measure", "report"},
+                     "command": {"grid", "measure", "report", "sections"}}
+    init = ast.parse((PACKAGE / "__init__.py").read_text())
+    assert not [node for node in init.body if isinstance(node, (ast.Import, ast.ImportFrom))]

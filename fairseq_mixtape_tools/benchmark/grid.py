@@ -1,6 +1,6 @@
 """The output layer alone over a (V, E) grid, eagerly and compiled: ``benchmark.py --grid``.
 
-    python scripts/benchmark.py --grid --threads 1     # benchmarks/grid_cpu.{csv,md,png}
+    python scripts/benchmark.py --grid --threads 1     # <out-dir>/grid_cpu.{csv,md,png}
     python scripts/benchmark.py --grid --quick         # tiny sizes, 2 rounds (grid_cpu_quick.*)
 
 What one step is: the training step of the layer alone on random features (1 sequence of N
@@ -57,10 +57,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .benchmark import (Result, _malloc_trim, autocast, compiled_graphs, describe_device, fmt,
-                        layer_config, layer_label, load_average, log, measure, paired_ratio,
-                        params_m, synchronize)
-from .memory import LiveTensorPeak
+from ..memory import LiveTensorPeak, malloc_trim
+from .measure import (Result, autocast, compiled_graphs, layer_config, log, measure, params_m,
+                      synchronize)
+from .report import describe_device, fmt, layer_label, load_average, paired_ratio
 
 GRID_LAYERS = ["softmax", "mixtape", "mos"]
 MODES = ["eager", "compiled"]
@@ -68,7 +68,7 @@ DIMS = [16, 64, 256, 1024]
 VOCABS = [10000, 32000, 128000, 256000]
 POSITIONS = 64        # the default grid in 30-60 minutes on one CPU core shared with other jobs
 MOS_COMPONENTS = 4    # MoS's K with --grid (unless --mos-components)
-QUICK = dict(grid_dims=[8, 16], grid_vocabs=[50, 100], grid_positions=8)
+QUICK = dict(grid_dims=[8, 16], grid_vocabs=[50, 100], grid_positions=8)  # --quick's defaults
 MIN_VOCAB = 10        # Mixtape's S = 0.1 V: at least one token with its own gates
 NO_PADDING = -1       # padding_idx of the loss: no target is padding, every position counts
 
@@ -90,7 +90,7 @@ CONFIG = ["positions", "components", "device", "dtype", "threads"]  # equal in o
 # ----------------------------------------------------------------------------- arguments
 def add_arguments(parser):
     g = parser.add_argument_group(
-        "output layer over a (V, E) grid (--grid; see fairseq_mixtape_tools/grid.py)")
+        "output layer over a (V, E) grid (--grid; see fairseq_mixtape_tools/benchmark/grid.py)")
     g.add_argument("--grid", action="store_true",
                    help="instead of the sections: the training step of the output layer alone "
                         "(softmax, Mixtape, MoS), eager and compiled, at every (E, V); "
@@ -104,11 +104,8 @@ def add_arguments(parser):
 
 
 def resolve_args(parser, args):
-    """--quick's grid sizes, MoS's K, and the checks of the grid flags (argparse errors that
-    name the flag, the value and what is allowed, before any work)."""
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    """MoS's K, and the checks of the grid flags (argparse errors that name the flag, the value
+    and what is allowed, before any work)."""
     if args.mos_components is None:
         args.mos_components = MOS_COMPONENTS if args.grid else 15
 
@@ -220,7 +217,7 @@ def available_mb(device) -> float:
     where it cannot be read)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] / 2 ** 20
-    _malloc_trim()  # return the previous cell's freed heap first
+    malloc_trim()  # return the previous cell's freed heap first
     try:
         with open("/proc/meminfo") as f:
             for line in f:
