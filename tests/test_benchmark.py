@@ -92,6 +92,7 @@ def test_mos_components_and_model_configurations(tmp_path):
     table = (tmp_path / "shapes.md").read_text()
     assert all(f"; `{c}`)" in table for c in configs)
     assert "## Ratios to softmax at every shape" in table
+    assert "\n## Ratios\n" not in table  # no headline ratio was measured: no table of n/a rows
     ratio_rows = [line for line in table.splitlines() if "| MoS-4 |" in line]
     assert len(ratio_rows) == 2 * 2 + 2  # output layer train/infer at --quick's 2 V; 2 lm
     assert "MoS-15" not in table

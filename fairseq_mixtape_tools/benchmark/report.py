@@ -26,13 +26,15 @@ COLORS = {"softmax": "tab:blue", "mos": "tab:red", "mixtape": "tab:green",
 def write_report(results: List[Result], out_dir: Path, args, device, seconds: float):
     """The CSV, the plot (where the output layer was measured) and the Markdown, printed too."""
     write_csv(results, out_dir / f"{args.name}.csv", args)
+    written = ["csv"]
     if not args.no_plot and any(r.section == "output_layer" for r in results):
         plot(results, out_dir / f"{args.name}.png", args, device)
+        written.append("png")
     text = markdown(results, args, device, seconds)
     (out_dir / f"{args.name}.md").write_text(text)
     print()
     print(text)
-    log(f"wrote {out_dir / args.name}.csv, .png, .md ({seconds / 60:.1f} min)")
+    log(f"wrote {out_dir / args.name}.{', .'.join(written + ['md'])} ({seconds / 60:.1f} min)")
 
 
 def mixtape_flop_model(vocab: int, dim: int, components=4, frequent=0.1, gate_dim=None):
@@ -132,8 +134,7 @@ def ratios_table(results: List[Result], args) -> List[str]:
     rows = []
 
     def row(what, a, b, invert, flop_text="", kind="time"):
-        if a is None or b is None:
-            rows.append(f"| {what} | n/a | {flop_text} |")
+        if a is None or b is None:  # a section or layer this run did not measure
             return
         if kind == "time":
             text = fmt_ratio(paired_ratio(a, b, invert))
@@ -200,6 +201,8 @@ def ratios_table(results: List[Result], args) -> List[str]:
     for kind, name in [(mem, mem_name), ("tensor_mb", "live tensors")]:
         row(f"output layer alone V={V} d={d}, peak train memory ({name}), Mixtape / softmax",
             ol["mixtape", "train"], ol["softmax", "train"], False, kind=kind)
+    if len(rows) == 2:  # the header alone: none of these sections ran
+        return []
     lines = ["## Ratios", "",
              f"FLOP model: a Mixtape output layer costs about (1 + (K-1) S/V) x softmax's: K=4, "
              f"S=0.1V: **{simple:.2f}**; counting the context projection (K d^2) and the gates "
