@@ -241,3 +241,30 @@ def test_commands_run(path, tmp_path, request):
     assert result.returncode == 0, (
         f"the block at {started[-1] if started else '?'} failed (exit {result.returncode})\n"
         f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-8000:]}")
+
+
+def test_results_quote_the_generated_tables():
+    """Every table RESULTS.md quotes between ``<!-- generated: FILE -->`` markers is FILE's text
+    as the experiment script wrote it (``python -m fairseq_mixtape_tools.results_tables``
+    refreshes the copies), and the main sections quote at least the sweep and Multi30k."""
+    from fairseq_mixtape_tools.results_tables import BLOCK, refreshed
+
+    text = (REPO / "RESULTS.md").read_text()
+    quoted = {match["path"] for match in BLOCK.finditer(text)}
+    assert {"examples/language_model/results/sweep_hidden/sweep.md",
+            "examples/translation/results/multi30k.md"} <= quoted
+    _, stale = refreshed(text)
+    assert not stale, f"RESULTS.md's copies differ from {stale}: run python -m " \
+                      "fairseq_mixtape_tools.results_tables"
+
+
+def test_results_tables_finds_a_stale_copy(tmp_path):
+    from fairseq_mixtape_tools.results_tables import refreshed
+
+    (tmp_path / "table.md").write_text("| a |\n|---|\n| 1 |\n")
+    document = "x\n<!-- generated: table.md -->\n| a |\n|---|\n| 2 |\n<!-- end generated -->\ny\n"
+    text, stale = refreshed(document, tmp_path)
+    assert stale == ["table.md"] and "| 1 |" in text and "| 2 |" not in text
+    assert refreshed(text, tmp_path) == (text, [])
+    with pytest.raises(SystemExit, match="missing.md: quoted in a document but not found"):
+        refreshed("<!-- generated: missing.md -->\n<!-- end generated -->", tmp_path)
