@@ -9,8 +9,10 @@ import sys
 
 import pytest
 
-from fairseq_mixtape_tools.experiments import (
-    Run, format_mean, load_script, mean_and_spread, parse_train_log, restore_finished, seeds_text)
+from fairseq_mixtape_tools.experiments import multi30k as m30k
+from fairseq_mixtape_tools.experiments import ptb as ptb_experiment
+from fairseq_mixtape_tools.experiments.common import (
+    Run, format_mean, mean_and_spread, parse_train_log, restore_finished, seeds_text)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 D = 16
@@ -128,7 +130,6 @@ def test_restore_finished_takes_only_finished_runs_whose_folder_is_gone(tmp_path
 
 
 def test_multi30k_restore_takes_the_published_length_penalty(tmp_path):
-    m30k = load_script(REPO / "examples/translation/multi30k_experiment.py")
     args = type("Args", (), {"out": tmp_path / "out", "results_dir": tmp_path / "results"})()
     args.results_dir.mkdir()
     tuning = {"lenpen": 2.2, "valid_bleu": {"1.0": 37.0, "2.2": 38.0}, "run": "softmax_seed1"}
@@ -147,7 +148,7 @@ def test_table_caption_names_mos_seeds_only_where_mos_ran():
 
 @pytest.fixture(scope="module")
 def ptb():
-    return load_script(REPO / "examples/language_model/ptb_experiment.py")
+    return ptb_experiment
 
 
 def ptb_refusal(ptb, capsys, argv):
@@ -207,8 +208,6 @@ def test_ptb_experiment_refuses_missing_data(ptb, capsys, tmp_path):
 def test_multi30k_lenpen_tuning_widens_and_rescores(tmp_path, monkeypatch, capsys):
     """A wider --lenpens scores only the new penalties on the validation set; a run scored with
     a penalty that is no longer the best is generated again, one that still is is kept."""
-    m30k = load_script(REPO / "examples/translation/multi30k_experiment.py")
-    from fairseq_mixtape_tools.experiments import Run
     runs = [Run(tmp_path / "runs", "softmax", 1), Run(tmp_path / "runs", "mixtape", 1)]
     runs[0].dir.mkdir(parents=True)
     m30k.averaged(runs[0]).write_text("")

@@ -1,5 +1,6 @@
-"""The output-width sweep (examples/language_model/bottleneck_sweep.py): its run plan, its
-up-front errors, and every stage end to end at toy size on real text."""
+"""The output-width sweep (fairseq_mixtape_tools/experiments/sweep.py, launched by
+examples/language_model/bottleneck_sweep.py): its run plan, its up-front errors, and every stage
+end to end at toy size on real text."""
 
 import json
 import pathlib
@@ -8,11 +9,10 @@ import sys
 
 import pytest
 
-from fairseq_mixtape_tools.experiments import load_script
+from fairseq_mixtape_tools.experiments import sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples/language_model/bottleneck_sweep.py"
-sweep = load_script(SCRIPT)
 
 
 def names(runs):

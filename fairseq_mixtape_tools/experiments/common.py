@@ -1,13 +1,13 @@
-"""What the experiment scripts in ``examples/`` share: one training run per (output layer, seed)
-through the real fairseq command-line tools, each finished step remembered in a JSON file so that
-a rerun skips it, and a table of mean and spread over seeds.
+"""What the experiments (``ptb``, ``multi30k``, ``sweep``; launched by the scripts in
+``examples/``) share: one training run per (output layer, seed) through the real fairseq
+command-line tools, each finished step remembered in a JSON file so that a rerun skips it, and a
+table of mean and spread over seeds.
 
 A run directory holds ``train.log`` (fairseq's output), ``checkpoint_last.pt`` and
 ``result.json``: everything measured about that run, read from the tools' own output.
 """
 
 import concurrent.futures
-import importlib.util
 import json
 import math
 import pathlib
@@ -15,9 +15,13 @@ import statistics
 import subprocess
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress_printer
+from ..runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress_printer
 
-__all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "load_script", "plan_runs", "run_in_parallel", "seconds_per_epoch", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
+# The checkout these tools run from: the experiments' default folders (../shared/data beside it,
+# examples/*/results in it) and the scripts they call are found there.
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+__all__ = ["REPO", "PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "plan_runs", "run_in_parallel", "seconds_per_epoch", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
            "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results",
            "restore_finished", "plugin_commit"]
 
@@ -109,15 +113,6 @@ def plugin_commit() -> str:
     except OSError:  # no git
         return "unknown"
     return (commit or "unknown") + ("+changes" if changed else "")
-
-
-def load_script(path: pathlib.Path):
-    """An experiment script (``examples/*/*.py``) imported as a module from its file, for its
-    ``parse_args`` and ``train_arguments``."""
-    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def plan_runs(root: pathlib.Path, layers: Sequence[str], seeds: Sequence[int],
@@ -241,7 +236,7 @@ def measure_rank(run: Run, data_bin: pathlib.Path, contexts: int,
                  checkpoint: Optional[pathlib.Path] = None) -> Dict:
     """The bottleneck diagnostic on the run's checkpoint (or ``checkpoint``) and the test split;
     the spectrum is saved beside it (spectrum.npy) for plot_run_spectra."""
-    from .bottleneck import measure_checkpoint
+    from ..bottleneck import measure_checkpoint
 
     report = measure_checkpoint(checkpoint or run.checkpoint, data_bin, subset="test",
                                 max_contexts=contexts, name=run.layer,
@@ -253,7 +248,7 @@ def plot_run_spectra(runs: Sequence[Run], path: pathlib.Path, title: str) -> Non
     """One plot of the spectra of the runs that have one (bottleneck.plot_spectra)."""
     import numpy as np
 
-    from .bottleneck import RankReport, plot_spectra
+    from ..bottleneck import RankReport, plot_spectra
 
     reports = []
     for run in runs:
