@@ -32,10 +32,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import types
 from collections import defaultdict
 
-from .arguments import check_choices, check_counts, comma_list
+from .arguments import check_counts, parse_layers
 from .experiments import multi30k, sweep
 from .experiments.common import OUTPUT_VARIANTS
 from .runner import PACKAGE_DIR
@@ -55,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--experiment-args", default="",
                         help="the experiment script's own flags (--out, --dims, model sizes); "
                              "the sweep's first --dims value is the E measured")
-    parser.add_argument("--layers", type=comma_list(str), default=["softmax", "mixtape", "control"],
+    parser.add_argument("--layers", default="softmax,mixtape,control",
                         help="output layers, as the experiments name them: "
                              + ", ".join(OUTPUT_VARIANTS))
     parser.add_argument("--updates", type=int, default=200, help="updates measured per layer")
@@ -69,7 +68,7 @@ def parse_args(argv=None):
     parser.add_argument("--child", nargs=2, metavar=("COMMAND_JSON", "OUT"),
                         help=argparse.SUPPRESS)  # the measuring process, started by measure
     args = parser.parse_args(argv)
-    check_choices(parser, "--layers", args.layers, list(OUTPUT_VARIANTS))
+    args.layers = parse_layers(parser, args.layers, choices=list(OUTPUT_VARIANTS))
     check_counts(parser, args, ["--updates"])
     if args.window < 0:
         parser.error(f"--window: got {args.window}; allowed: a whole number >= 0")
@@ -95,13 +94,9 @@ def train_commands(args):
     if not (data_bin / "train.bin").is_file() and not any(data_bin.glob("train.*.bin")):
         sys.exit(f"--experiment-args: no prepared data in {data_bin}; run "
                  f"{SCRIPTS[args.experiment]} --stages prepare (with the same --out) first")
-    if args.experiment == "sweep":
-        total = experiment.updates_per_epoch(options) * options.max_epochs
-        commands = {layer: experiment.train_arguments(
-            options, types.SimpleNamespace(layer=layer, dim=options.dims[0]), total)
-            for layer in args.layers}
-    else:
-        commands = {layer: experiment.train_arguments(options, layer) for layer in args.layers}
+    commands = {layer: experiment.train_arguments(options, experiment.run_for(options, layer,
+                                                                              args.seed))
+                for layer in args.layers}
     return {layer: [str(a) for a in arguments] + [
         "--user-dir", str(PACKAGE_DIR), "--seed", str(args.seed), "--max-update", str(args.updates),
         "--no-save", "--disable-validation", "--log-interval", str(args.updates)]

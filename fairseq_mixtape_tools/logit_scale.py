@@ -18,7 +18,6 @@ shared) and ``transformer_lm`` are fairseq's presets.
 """
 
 import argparse
-import types
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,7 @@ EXPERIMENTS = {  # name: (vocabulary size, the experiment whose default model it
     "ptb": (10000, ptb),
     "multi30k": (8000, multi30k),
 }
-SWEEP = (10000, sweep)  # the network at each width E
+SWEEP_VOCAB = 10000  # the sweep's model at each width E
 SWEEP_NETWORKS = {f"sweep_E{dim}": dim for dim in (16, 32, 64, 128)}
 NETWORKS = [*EXPERIMENTS, *PRESETS, *SWEEP_NETWORKS]
 LAYERS = [("mixtape", 1), ("mixtape", 4), ("mixtape", 16), ("mos", 1), ("mos", 4), ("mos", 15),
@@ -52,12 +51,14 @@ def network_arguments(name: str):
         vocab, argv = PRESETS[name]
         return vocab, ["unused-data", *argv]
     if name in SWEEP_NETWORKS:
-        vocab, _ = SWEEP
-        run = types.SimpleNamespace(layer="softmax", dim=SWEEP_NETWORKS[name])  # as gradient_norms
-        argv = sweep.train_arguments(sweep.parse_args(["--stages", "train"]), run, 1)
-        return vocab, [str(a) for a in argv]
-    vocab, experiment = EXPERIMENTS[name]
-    return vocab, [str(a) for a in experiment.train_arguments(experiment.parse_args([]), "softmax")]
+        vocab, experiment = SWEEP_VOCAB, sweep
+        args = sweep.parse_args(["--stages", "train", "--dims", str(SWEEP_NETWORKS[name])])
+        args.total_updates = 1  # its data is not read: the network does not depend on it
+    else:
+        vocab, experiment = EXPERIMENTS[name]
+        args = experiment.parse_args([])
+    run = experiment.run_for(args, "softmax", 1)
+    return vocab, [str(a) for a in experiment.train_arguments(args, run)]
 
 
 def spread(model, task, seed: int) -> float:

@@ -1,6 +1,7 @@
 """The experiments' fairseq-train arguments are those of the scripts they were before they became
 the package fairseq_mixtape_tools.experiments: exactly, argument by argument, run by run, in the
-order the runs are planned.
+order the runs are planned; and each experiment offers the same interface (common.Driver), which
+is all these checks use.
 
 tests/fixtures/experiment_train_arguments.json was made at commit ae83ef8 (the last one with the
 experiments' code in examples/language_model/ptb_experiment.py,
@@ -17,6 +18,7 @@ scripts/gradient_norms.py's ``train_commands`` for three cases (with a stand-in 
 and the sweep's ``updates_per_epoch`` returning the case's value).
 """
 
+import inspect
 import json
 import pathlib
 
@@ -25,6 +27,8 @@ import pytest
 from fairseq_mixtape_tools import gradient_norms, logit_scale
 from fairseq_mixtape_tools.experiments import common, multi30k, ptb, sweep
 from fairseq_mixtape_tools.runner import PACKAGE_DIR
+
+DRIVERS = {"ptb": ptb, "multi30k": multi30k, "sweep": sweep}
 
 FIXTURE = json.loads((pathlib.Path(__file__).parent / "fixtures"
                       / "experiment_train_arguments.json").read_text())
@@ -51,31 +55,31 @@ def recorded(monkeypatch, tmp_path):
     return calls
 
 
-def plan_and_train(driver, case):
-    """The driver's runs for the case's flags, each trained as its experiment trains it."""
-    if driver == "ptb":
-        args = ptb.parse_args(case["argv"])
-        return [(run, lambda run=run: run.train(ptb.train_arguments(args, run.layer),
-                                                args.updates, args.threads))
-                for run in common.plan_runs(args.out / "runs", args.layers, args.seeds,
-                                            args.mos_seeds)]
-    if driver == "multi30k":
-        args = multi30k.parse_args(case["argv"])
-        return [(run, lambda run=run: run.train(multi30k.train_arguments(args, run.layer),
-                                                args.max_update or 0, args.threads))
-                for run in multi30k.plan(args)]
-    args = sweep.parse_args(case["argv"])
-    return [(run, lambda run=run: sweep.train(args, run, case["total_updates"]))
-            for run in sweep.plan(args)]
+@pytest.mark.parametrize("name", DRIVERS)
+def test_every_experiment_offers_the_driver_interface(name):
+    driver = DRIVERS[name]
+    assert isinstance(driver, common.Driver)
+    members = [member for member in vars(common.Driver) if not member.startswith("_")]
+    assert set(members) == {"parse_args", "plan", "run_for", "train_arguments", "train",
+                            "write_table", "main"}
+    for member in members:
+        expected = inspect.signature(getattr(common.Driver, member)).parameters
+        found = inspect.signature(getattr(driver, member)).parameters
+        assert list(found) == [p for p in expected if p != "self"], (name, member)
+    assert driver.STAGES[-1] == "table" and "train" in driver.STAGES
 
 
 @pytest.mark.parametrize("driver,index,case", CASES,
                          ids=[f"{driver}-{index}" for driver, index, _ in CASES])
 def test_train_arguments_unchanged(recorded, driver, index, case):
+    driver = DRIVERS[driver]
+    args = driver.parse_args(case["argv"])
+    if "total_updates" in case:  # the sweep's, which it counts from its prepared data
+        args.total_updates = case["total_updates"]
     found = []
-    for run, train in plan_and_train(driver, case):
+    for run in driver.plan(args):
         recorded.clear()
-        train()
+        driver.train(args, run)
         (tool, arguments), = recorded
         assert tool == "train"
         found.append({"name": run.name, "dir": str(run.dir), "train": arguments})

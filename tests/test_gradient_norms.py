@@ -37,7 +37,8 @@ def test_unprepared_experiment_refused(tmp_path):
 def test_bad_flags_refused(capsys, tmp_path):
     with pytest.raises(SystemExit):
         gradient_norms.parse_args(["--layers", "softmax,mixture"])
-    assert "--layers: got 'mixture'; allowed: softmax, mixtape" in capsys.readouterr().err
+    assert ("--layers: got 'softmax,mixture' (unknown: 'mixture'); allowed: comma-separated "
+            "output layers from softmax, mixtape") in capsys.readouterr().err
     other = tmp_path / "other.json"
     other.write_text('{"softmax": [1, 2]}')
     with pytest.raises(SystemExit):

@@ -33,7 +33,15 @@ def test_plan_extra_seeds_at_the_smallest_width_and_mos_last(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--layers", "softmax,mixture"], "--layers: got 'mixture'; allowed: softmax, mixtape"),
+    (["--layers", "softmax,mixture"], "--layers: got 'softmax,mixture' (unknown: 'mixture'); "
+                                      "allowed: comma-separated output layers from softmax, "
+                                      "mixtape, control"),
+    (["--layers", "softmax,softmax"], "--layers: got 'softmax,softmax' (softmax more than once)"),
+    (["--seeds", "1,1"], "--seeds: got '1,1'; allowed: comma-separated whole numbers >= 0, each "
+                         "once"),
+    (["--seeds", ""], "--seeds: got ''; allowed: comma-separated whole numbers >= 0"),
+    (["--extra-seeds", "x"], "--extra-seeds: got 'x'; allowed: comma-separated whole numbers "
+                             ">= 0, each once (e.g. 1,2), or '' for none"),
     (["--jobs", "0"], "--jobs: got 0; allowed: whole numbers >= 1"),
     (["--lr", "-1"], "--lr: got -1.0; allowed: a number > 0"),
     (["--dims", "16,0"], "--dims: got 0; allowed: whole numbers >= 1"),

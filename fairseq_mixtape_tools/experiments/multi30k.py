@@ -44,12 +44,12 @@ import sys
 import threading
 import time
 
-from ..arguments import (
-    check_choices, check_counts, check_data_dir, check_positive, check_probability, comma_list)
+from ..arguments import check_counts, check_data_dir, comma_list
 from ..runner import PACKAGE_DIR, run_tool, say, stop_tools_on_terminate
 from .common import (
-    OUTPUT_VARIANTS, REPO, Run, format_mean, measure_rank, rank_cell, restore_finished,
-    run_in_parallel, scale_text, seconds_per_epoch, seeds_cell, values_of, write_results)
+    OUTPUT_VARIANTS, REPO, Run, check_experiment_flags, format_mean, is_mos, measure_rank,
+    plan_runs, rank_cell, restore_finished, run_in_parallel, scale_text, seconds_per_epoch,
+    seeds_cell, values_of, variant_arguments, write_results)
 
 LAYERS = ("softmax", "mixtape", "control")  # MoS on request: --layers softmax,...,mos
 STAGES = ("prepare", "train", "average", "tune", "generate", "rank", "table")
@@ -68,15 +68,15 @@ def parse_args(argv=None):
     parser.add_argument("--results-dir", type=pathlib.Path,
                         default=REPO / "examples/translation/results",
                         help="where multi30k.md and multi30k.json go")
-    parser.add_argument("--layers", type=comma_list(str), default=list(LAYERS),
+    parser.add_argument("--layers", default=",".join(LAYERS),
                         help=f"output layers to compare, from {', '.join(OUTPUT_VARIANTS)} "
                         f"(default: {','.join(LAYERS)}; mos, which costs several softmax runs, "
                         "is left out of the default run's budget)")
-    parser.add_argument("--seeds", type=comma_list(int), default=[1, 2, 3],
+    parser.add_argument("--seeds", default="1,2,3",
                         help="training seeds (all layers but control and mos)")
-    parser.add_argument("--control-seeds", type=comma_list(int), default=[1],
+    parser.add_argument("--control-seeds", default="1",
                         help="seeds of the control (Mixtape with K = 1)")
-    parser.add_argument("--mos-seeds", type=comma_list(int), default=[1],
+    parser.add_argument("--mos-seeds", default="1",
                         help="seeds of the MoS runs (each costs several softmax runs)")
     parser.add_argument("--test-sets", type=comma_list(str), default=[],
                         help="more test sets to score, NAME.en/NAME.de in --data (e.g. "
@@ -124,17 +124,13 @@ def parse_args(argv=None):
 
 def check_args(parser, args):
     """Refuse bad values before any work, naming the flag, the value and what is allowed."""
-    check_choices(parser, "--layers", args.layers, list(OUTPUT_VARIANTS))
-    check_choices(parser, "--stages", args.stages, STAGES)
+    check_experiment_flags(parser, args, STAGES)
     check_counts(parser, args, [
-        "--seeds", "--control-seeds", "--mos-seeds", "--jobs", "--threads", "--vocab-size",
-        "--dim", "--ffn-dim", "--layers-per-stack", "--max-epochs", "--max-tokens",
-        "--warmup-updates", "--average", "--beam", "--rank-contexts"])
+        "--vocab-size", "--dim", "--ffn-dim", "--layers-per-stack", "--max-epochs",
+        "--max-tokens", "--warmup-updates", "--average", "--beam"])
     if args.max_update < 0:
         parser.error(f"--max-update: got {args.max_update}; allowed: 0 (no limit) or a whole "
                      "number >= 1")
-    check_positive(parser, args, ["--lr"])
-    check_probability(parser, "--dropout", args.dropout)
     if not args.lenpens:
         parser.error("--lenpens: got ''; allowed: at least one length penalty")
     needed = [f"{name}.{lang}" for name in args.test_sets for lang in ("en", "de")]
@@ -147,17 +143,21 @@ def check_args(parser, args):
 
 
 def plan(args):
-    """Seed by seed, every layer (so that drifts in machine load hit all layers alike); each layer
-    only for its seeds; MoS, which costs several softmaxes, last."""
-    seeds_of = {"control": args.control_seeds, "mos": args.mos_seeds}
-    seeds = sorted({s for layer in args.layers for s in seeds_of.get(layer, args.seeds)})
-    runs = []
-    for mos_pass in (False, True):
-        for seed in seeds:
-            for layer in args.layers:
-                if (layer == "mos") == mos_pass and seed in seeds_of.get(layer, args.seeds):
-                    runs.append(Run(args.out / "runs", layer, seed))
-    return runs
+    """Seed by seed in increasing order, every layer, each only for its seeds (the control's
+    and MoS's own); MoS last (plan_runs)."""
+    seeds = sorted({seed for layer in args.layers for seed in seeds_of(args, layer)})
+    return plan_runs(seeds, args.layers, lambda layer: seeds_of(args, layer),
+                     lambda layer, seed: run_for(args, layer, seed))
+
+
+def seeds_of(args, layer):
+    if layer == "control":
+        return args.control_seeds
+    return args.mos_seeds if is_mos(layer) else args.seeds
+
+
+def run_for(args, layer, seed):
+    return Run(args.out / "runs", layer, seed)
 
 
 def prepare(args):
@@ -168,11 +168,6 @@ def prepare(args):
     if (bin_dir / "test.en-de.de.bin").is_file():
         print(f"    prepare: done already ({bin_dir})", flush=True)
         return
-    for split in SPLITS.values():
-        for lang in ("en", "de"):
-            if not (args.data / f"{split}.{lang}").is_file():
-                sys.exit(f"--data: {args.data / f'{split}.{lang}'} missing (need raw Multi30k "
-                         f"{{train,val,test_2016_flickr}}.{{en,de}})")
     spm_dir.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
         input=[str(args.data / f"train.{lang}") for lang in ("en", "de")],
@@ -214,10 +209,8 @@ def prepare_test_set(args, name: str) -> pathlib.Path:
     return bin_dir
 
 
-def train_arguments(args, layer):
-    layer_args = [*OUTPUT_VARIANTS[layer]]
-    if args.context_scale is not None and layer in ("mos", "mixtape", "mixtape_papers"):
-        layer_args += ["--output-context-scale", args.context_scale]
+def train_arguments(args, run):
+    layer_args = variant_arguments(run.layer, context_scale=args.context_scale)
     model = []
     for side in ("encoder", "decoder"):
         model += [f"--{side}-layers", args.layers_per_stack, f"--{side}-embed-dim", args.dim,
@@ -236,6 +229,10 @@ def train_arguments(args, layer):
         "--log-interval", 50, "--log-format", "simple", "--save-interval", 1,
         "--keep-last-epochs", args.average, "--save-interval-updates", 500,
         "--keep-interval-updates", 1, "--num-workers", 0, "--cpu"]
+
+
+def train(args, run):
+    return run.train(train_arguments(args, run), args.max_update or 0, args.threads)
 
 
 def averaged(run: Run) -> pathlib.Path:
@@ -343,9 +340,7 @@ def execute(args, run, runs):
     describe = f"{args.max_epochs} epochs" + (f", <= {args.max_update} updates"
                                                if args.max_update else "")
     if "train" in args.stages:
-        run.step("train_seconds", lambda: run.train(train_arguments(args, run.layer),
-                                                    args.max_update or 0, args.threads),
-                 f"fairseq-train ({describe})")
+        run.step("train_seconds", lambda: train(args, run), f"fairseq-train ({describe})")
     if "average" in args.stages and run.checkpoint.is_file():
         run.step("averaged_epochs", lambda: average(args, run),
                  f"average of the last {args.average} epoch checkpoints")

@@ -15,19 +15,18 @@ thread per process by default (fastest on a small shared CPU). Example (about an
 """
 
 import argparse
-import math
 import os
 import pathlib
 import subprocess
 import sys
 import time
 
-from ..arguments import (
-    check_components, check_data_dir, check_positive, parse_layers, parse_seeds)
+from ..arguments import check_components, check_counts, check_data_dir, comma_list
 from ..runner import stop_tools_on_terminate
 from .common import (
-    REPO, evaluate_lm, format_mean, measure_rank, plan_runs, rank_cell, relative_to, scale_text,
-    seeds_text, values_of, write_results)
+    OUTPUT_VARIANTS, REPO, Run, check_experiment_flags, evaluate_lm, format_mean, is_mos,
+    measure_rank, plan_runs, rank_cell, relative_to, scale_text, seeds_text, takes_components,
+    values_of, variant_arguments, write_results)
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
 STAGES = ("prepare", "train", "eval", "rank", "table")
@@ -45,11 +44,13 @@ def parse_args(argv=None):
     parser.add_argument("--results-dir", type=pathlib.Path,
                         default=REPO / "examples/language_model/results",
                         help="where ptb.md, ptb.json and the spectrum plot go")
-    parser.add_argument("--layers", default=",".join(LAYERS), help="output layers to compare")
+    parser.add_argument("--layers", default=",".join(LAYERS),
+                        help=f"output layers to compare, from {', '.join(OUTPUT_VARIANTS)}")
     parser.add_argument("--seeds", default="1,2", help="training seeds")
     parser.add_argument("--mos-seeds", default="1",
                         help="seeds of the MoS runs (each costs about K softmax runs here)")
-    parser.add_argument("--stages", default=",".join(STAGES), help="steps to run, in order")
+    parser.add_argument("--stages", type=comma_list(str), default=list(STAGES),
+                        help="steps to run, in order")
     parser.add_argument("--dim", type=int, default=256,
                         help=f"d: the Transformer's width, so the rank a softmax reaches (d + 1); "
                              f"a multiple of {HEADS}, the attention heads")
@@ -74,28 +75,20 @@ def parse_args(argv=None):
     parser.add_argument("--rank-contexts", type=int, default=2000,
                         help="test contexts (rows) of the log-probability matrix")
     args = parser.parse_args(argv)
-    args.stages = args.stages.split(",")
-    unknown = set(args.stages) - set(STAGES)
-    if unknown:
-        parser.error(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGES)}")
     check_args(parser, args)
     return args
 
 
 def check_args(parser, args):
     """Refuse bad values and combinations before any work (argparse errors naming the flag)."""
-    args.layers = parse_layers(parser, args.layers)
-    args.seeds = parse_seeds(parser, args.seeds, "--seeds")
-    args.mos_seeds = parse_seeds(parser, args.mos_seeds, "--mos-seeds")
-    check_positive(parser, args, ["--dim", "--embed-dim", "--ffn-dim", "--decoder-layers",
-                                  "--updates", "--batch-size", "--tokens-per-sample", "--lr",
-                                  "--threads", "--rank-contexts", "--context-scale"])
+    check_experiment_flags(parser, args, STAGES)
+    check_counts(parser, args, ["--dim", "--embed-dim", "--ffn-dim", "--decoder-layers",
+                                "--updates", "--batch-size", "--tokens-per-sample"])
     if args.dim % HEADS:
         parser.error(f"--dim: got {args.dim}; allowed: a multiple of {HEADS} (the attention "
                      "heads)")
-    if not (math.isfinite(args.dropout) and 0 <= args.dropout < 1):
-        parser.error(f"--dropout: got {args.dropout}; allowed: 0 <= p < 1")
-    check_components(parser, args.components, args.layers)
+    layers = [OUTPUT_VARIANTS[variant][1] for variant in args.layers if takes_components(variant)]
+    check_components(parser, args.components, list(dict.fromkeys(layers)))
     if "prepare" in args.stages:
         check_data_dir(parser, args.data, "--data", [PTB_FILES])
     elif ({"train", "eval", "rank"} & set(args.stages)
@@ -105,13 +98,21 @@ def check_args(parser, args):
                      "holds it")
 
 
-def train_arguments(args, layer):
-    arch = "transformer_lm_mos" if layer.startswith("mos") else "transformer_lm_mixtape"
-    layer_args = ["--output-layer", layer]
-    if layer in ("mos", "mixtape", "mos_sigsoftmax"):
-        layer_args += ["--output-components", args.components]
-        if args.context_scale is not None:
-            layer_args += ["--output-context-scale", args.context_scale]
+def plan(args):
+    """Seed by seed, every layer; MoS last, for --mos-seeds (plan_runs)."""
+    seeds = list(dict.fromkeys([*args.seeds, *args.mos_seeds]))
+    return plan_runs(seeds, args.layers,
+                     lambda layer: args.mos_seeds if is_mos(layer) else args.seeds,
+                     lambda layer, seed: run_for(args, layer, seed))
+
+
+def run_for(args, layer, seed):
+    return Run(args.out / "runs", layer, seed)
+
+
+def train_arguments(args, run):
+    arch = "transformer_lm_mos" if is_mos(run.layer) else "transformer_lm_mixtape"
+    layer_args = variant_arguments(run.layer, args.components, args.context_scale)
     return [
         args.out / "data-bin", "--task", "language_modeling", "--arch", arch, *layer_args,
         "--decoder-layers", args.decoder_layers, "--decoder-embed-dim", args.dim,
@@ -127,6 +128,10 @@ def train_arguments(args, layer):
         "--total-num-update", args.updates, "--end-learning-rate", 0.0,
         "--log-interval", max(1, args.updates // 10), "--log-format", "simple",
         "--disable-validation", "--no-epoch-checkpoints", "--num-workers", 0, "--cpu"]
+
+
+def train(args, run):
+    return run.train(train_arguments(args, run), args.updates, args.threads)
 
 
 def write_table(args, runs):
@@ -170,12 +175,10 @@ def main(argv=None):
         subprocess.run(["bash", str(REPO / "examples/language_model/prepare.sh"), "ptb",
                         "--local", str(args.data), "--out", str(args.out), "--workers", "2"],
                        check=True, env=dict(os.environ, PATH=path))
-    runs = plan_runs(args.out / "runs", args.layers, args.seeds, args.mos_seeds)
+    runs = plan(args)
     for run in runs:
         if "train" in args.stages:
-            run.step("train_seconds",
-                     lambda: run.train(train_arguments(args, run.layer), args.updates,
-                                       args.threads),
+            run.step("train_seconds", lambda: train(args, run),
                      f"fairseq-train ({args.updates} updates)")
         if "eval" in args.stages:
             for subset in ("valid", "test"):
@@ -188,4 +191,5 @@ def main(argv=None):
     if "table" in args.stages:
         write_table(args, runs)
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
+    return 0
 

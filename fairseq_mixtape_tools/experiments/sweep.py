@@ -47,14 +47,14 @@ import pathlib
 import sys
 import time
 
-from ..arguments import check_choices, check_counts, check_positive, check_probability, comma_list
+from ..arguments import check_counts, comma_list
 from ..runner import run_tool, stop_tools_on_terminate
 from .common import (
-    OUTPUT_VARIANTS, REPO, Run, evaluate_lm, format_mean, mean_and_spread, measure_rank,
-    plugin_commit, rank_cell, restore_finished, run_in_parallel, seconds_per_epoch, seeds_cell,
-    values_of)
+    OUTPUT_VARIANTS, REPO, Run, check_experiment_flags, evaluate_lm, format_mean, is_mos,
+    mean_and_spread, measure_rank, plan_runs, plugin_commit, rank_cell, relative_to,
+    restore_finished, run_in_parallel, seconds_per_epoch, seeds_cell, values_of,
+    variant_arguments, write_results)
 
-VARIANTS = OUTPUT_VARIANTS
 DEFAULT_VARIANTS = ["softmax", "mixtape", "control", "mos", "mixtape_papers"]
 EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control")
 SPLIT_NAMES = ("ptb.{}.txt", "{}.txt", "wiki.{}.tokens")
@@ -85,11 +85,11 @@ def parse_args(argv=None):
                              "instead of trained (they must have run --max-epochs epochs)")
     parser.add_argument("--dims", type=comma_list(int), default=[16, 32, 64, 128],
                         help="output widths E")
-    parser.add_argument("--layers", type=comma_list(str), default=DEFAULT_VARIANTS,
-                        help=f"output layers, from {', '.join(VARIANTS)} (default: all but "
-                             "sigsoftmax and mixtape_linear)")
-    parser.add_argument("--seeds", type=comma_list(int), default=[1], help="seeds of every run")
-    parser.add_argument("--extra-seeds", type=comma_list(int), default=[2],
+    parser.add_argument("--layers", default=",".join(DEFAULT_VARIANTS),
+                        help=f"output layers, from {', '.join(OUTPUT_VARIANTS)} (default: "
+                             f"{','.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--seeds", default="1", help="seeds of every run")
+    parser.add_argument("--extra-seeds", default="2",
                         help="more seeds for softmax, mixtape and control at the smallest E")
     parser.add_argument("--mos-dims", type=comma_list(int), default=[16, 64],
                         help="the E at which mos runs")
@@ -120,21 +120,18 @@ def parse_args(argv=None):
                         help="test contexts (rows) of the log-probability matrix")
     args = parser.parse_args(argv)
     check_args(parser, args)
+    args.total_updates = None  # counted from the prepared data when first needed: total_updates
     return args
 
 
 def check_args(parser, args):
     """Refuse bad values before any work, naming the flag, the value and what is allowed."""
-    check_choices(parser, "--layers", args.layers, list(VARIANTS))
-    check_choices(parser, "--stages", args.stages, STAGES)
+    check_experiment_flags(parser, args, STAGES)
     check_counts(parser, args, [
-        "--dims", "--mos-dims", "--papers-dims", "--seeds", "--extra-seeds", "--jobs",
-        "--threads", "--max-epochs", "--body-dim", "--body-layers", "--ffn-dim",
-        "--tokens-per-sample", "--batch-size", "--save-updates", "--rank-contexts"])
+        "--dims", "--mos-dims", "--papers-dims", "--max-epochs", "--body-dim", "--body-layers",
+        "--ffn-dim", "--tokens-per-sample", "--batch-size", "--save-updates"])
     if not args.dims:
         parser.error("--dims: got ''; allowed: at least one output width")
-    check_positive(parser, args, ["--lr"])
-    check_probability(parser, "--dropout", args.dropout)
     if args.clip_norm < 0:
         parser.error(f"--clip-norm: got {args.clip_norm:g}; allowed: a number >= 0 (0: no "
                      "clipping)")
@@ -155,27 +152,33 @@ def corpus_file(parser, folder: pathlib.Path, split: str) -> pathlib.Path:
 
 
 def plan(args):
-    """Every (E, variant, seed) run, cheap ones first, seed by seed; MoS last."""
-    def wanted(variant, dim):
-        return {"mos": dim in args.mos_dims,
-                "mixtape_papers": dim in args.papers_dims}.get(variant, True)
+    """Every (E, variant, seed) run: seed by seed (--seeds, then --extra-seeds), every E, every
+    variant; MoS last (plan_runs)."""
+    seeds = list(dict.fromkeys([*args.seeds, *args.extra_seeds]))
+    cells = [(dim, variant) for dim in args.dims for variant in args.layers]
+    return plan_runs(seeds, cells, lambda cell: seeds_of(args, *cell),
+                     lambda cell, seed: sweep_run(args, *cell, seed))
 
-    seeds = args.seeds + [s for s in args.extra_seeds if s not in args.seeds]
-    runs = []
-    for mos_pass in (False, True):
-        for seed in seeds:
-            for dim in args.dims:
-                for variant in args.layers:
-                    extra = seed not in args.seeds
-                    if ((variant == "mos") != mos_pass or not wanted(variant, dim)
-                            or (extra and (variant not in EXTRA_SEED_VARIANTS
-                                           or dim != min(args.dims)))):
-                        continue
-                    run = Run(args.out / "runs" / f"E{dim}", variant, seed,
-                              name=f"E{dim}_{variant}_seed{seed}")
-                    run.dim = dim
-                    runs.append(run)
-    return runs
+
+def seeds_of(args, dim, variant):
+    """--seeds; the extra seeds too for softmax, mixtape and control at the smallest E; MoS only
+    at --mos-dims, mixtape_papers only at --papers-dims."""
+    if is_mos(variant) and dim not in args.mos_dims:
+        return []
+    if variant == "mixtape_papers" and dim not in args.papers_dims:
+        return []
+    extra = variant in EXTRA_SEED_VARIANTS and dim == min(args.dims)
+    return [*args.seeds, *args.extra_seeds] if extra else args.seeds
+
+
+def sweep_run(args, dim, variant, seed):
+    run = Run(args.out / "runs" / f"E{dim}", variant, seed, name=f"E{dim}_{variant}_seed{seed}")
+    run.dim = dim
+    return run
+
+
+def run_for(args, layer, seed):
+    return sweep_run(args, args.dims[0], layer, seed)
 
 
 def prepare(args):
@@ -199,11 +202,18 @@ def updates_per_epoch(args) -> int:
     return math.ceil(blocks / args.batch_size)
 
 
-def train_arguments(args, run, total_updates):
-    dim = run.dim
+def total_updates(args) -> int:
+    """Every run's updates: --max-epochs epochs of the prepared data, counted once."""
+    if args.total_updates is None:
+        args.total_updates = updates_per_epoch(args) * args.max_epochs
+    return args.total_updates
+
+
+def train_arguments(args, run):
+    dim, total = run.dim, total_updates(args)
     return [
         args.out / "data-bin", "--task", "language_modeling", "--arch", "transformer_lm_mixtape",
-        *VARIANTS[run.layer], "--output-layer-reads", args.output_layer_reads,
+        *variant_arguments(run.layer), "--output-layer-reads", args.output_layer_reads,
         "--decoder-layers", args.body_layers,
         "--decoder-embed-dim", args.body_dim, "--decoder-ffn-embed-dim", args.ffn_dim,
         "--decoder-attention-heads", 4, "--decoder-input-dim", dim, "--decoder-output-dim", dim,
@@ -211,19 +221,19 @@ def train_arguments(args, run, total_updates):
         "--criterion", "output_layer_cross_entropy",
         "--tokens-per-sample", args.tokens_per_sample, "--sample-break-mode", "none",
         "--batch-size", args.batch_size, "--required-batch-size-multiple", 1,
-        "--max-epoch", args.max_epochs, "--max-update", total_updates,
+        "--max-epoch", args.max_epochs, "--max-update", total,
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", args.lr,
         "--clip-norm", args.clip_norm,
         "--lr-scheduler", "polynomial_decay", "--warmup-updates", args.warmup_updates,
-        "--total-num-update", total_updates, "--end-learning-rate", 0.0,
+        "--total-num-update", total, "--end-learning-rate", 0.0,
         "--log-interval", 100, "--log-format", "simple", "--no-epoch-checkpoints",
         "--save-interval-updates", args.save_updates, "--keep-interval-updates", 1,
         "--save-interval", 1,
         "--num-workers", 0, "--cpu"]
 
 
-def train(args, run, total_updates):
-    result = run.train(train_arguments(args, run, total_updates), total_updates, args.threads)
+def train(args, run):
+    result = run.train(train_arguments(args, run), total_updates(args), args.threads)
     curve = result.get("valid_ppl_curve", [])
     if len(curve) >= 2:
         result["last_epoch_gain_percent"] = (curve[-2] / curve[-1] - 1) * 100
@@ -255,7 +265,7 @@ def reuse_unchanged(args, runs) -> None:
               flush=True)
 
 
-def execute(args, run, total_updates):
+def execute(args, run):
     """Every stage of one run; finished steps are skipped (their values are in result.json)."""
     if getattr(run, "reused", False):
         return
@@ -263,8 +273,9 @@ def execute(args, run, total_updates):
     if RUN_STAGES & set(args.stages):  # a table alone reads the runs, and records nothing
         run.check_settings(args.settings)
     if "train" in args.stages:
-        run.step("train_seconds", lambda: train(args, run, total_updates),
-                 f"E = {run.dim}: fairseq-train ({args.max_epochs} epochs, {total_updates} updates)")
+        run.step("train_seconds", lambda: train(args, run),
+                 f"E = {run.dim}: fairseq-train ({args.max_epochs} epochs, "
+                 f"{total_updates(args)} updates)")
     if "eval" in args.stages and run.checkpoint.is_file():
         for subset in ("valid", "test"):
             run.step(f"{subset}_ppl", lambda: evaluate_lm(
@@ -281,8 +292,7 @@ def cell(runs, key, digits=1):
 
 def relative(runs, baseline, key="test_ppl"):
     """Each run's value over the baseline runs' mean, as a change in percent."""
-    reference = mean_and_spread(values_of(baseline, key))
-    changes = [(v / reference[0] - 1) * 100 for v in values_of(runs, key)] if reference else []
+    changes = relative_to(values_of(runs, key), values_of(baseline, key), percent=True)
     return format_mean(changes, 1) + "%" if changes else "-"
 
 
@@ -292,7 +302,7 @@ def plateau_cell(runs):
     return text + (" (not a plateau)" if any(g >= PLATEAU for g in gains) else "")
 
 
-def write_table(args, runs, total_updates):
+def write_table(args, runs):
     by_cell = {}
     for run in runs:
         by_cell.setdefault((run.dim, run.layer), []).append(run)
@@ -303,7 +313,7 @@ def write_table(args, runs, total_updates):
         + ("the hidden state itself (the papers' wiring)" if args.output_layer_reads == "hidden"
            else "that projection (the wiring before 0.2.0)")
         + (f"; runs marked * reused from {args.reuse}" if args.reuse else "")
-        + f"; {args.max_epochs} epochs ({total_updates} updates of {args.batch_size} x "
+        + f"; {args.max_epochs} epochs ({total_updates(args)} updates of {args.batch_size} x "
         f"{args.tokens_per_sample} tokens), Adam lr {args.lr:g}, {args.warmup_updates} warm-up "
         f"updates then linear decay to 0, "
         + (f"gradient norm clipped at {args.clip_norm:g}" if args.clip_norm else "no clipping")
@@ -330,14 +340,9 @@ def write_table(args, runs, total_updates):
                 f"| {relative(group, control)} | {plateau_cell(group)} | {rank_cell(group)} "
                 f"| {cell(group, 'mixture_entropy', 3)} "
                 f"| {format_mean(seconds_per_epoch(group), 0)} |")
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "sweep.md").write_text("\n".join(lines) + "\n")
-    (args.results_dir / "sweep.json").write_text(json.dumps(
-        {r.name: r.result for r in runs}, indent=1,
-        sort_keys=True) + "\n")
+    write_results(runs, lines, args.results_dir, "sweep")
     plot(args, by_cell)
     plot_curves(args, by_cell)
-    print("\n".join(lines), flush=True)
 
 
 def pyplot():
@@ -414,7 +419,7 @@ def main(argv=None):
     started = time.monotonic()
     if "prepare" in args.stages:
         prepare(args)
-    total_updates = updates_per_epoch(args) * args.max_epochs
+    total = total_updates(args)
     args.settings = settings(args)  # once: the plugin's commit asks git
     runs = plan(args)
     if args.restore:
@@ -425,10 +430,10 @@ def main(argv=None):
         except ValueError as error:
             print(error, file=sys.stderr, flush=True)
             return 2
-    print(f"{len(runs)} runs, {total_updates} updates each, {args.jobs} at a time", flush=True)
-    failures = run_in_parallel(runs, lambda run: execute(args, run, total_updates), args.jobs)
+    print(f"{len(runs)} runs, {total} updates each, {args.jobs} at a time", flush=True)
+    failures = run_in_parallel(runs, lambda run: execute(args, run), args.jobs)
     if "table" in args.stages:
-        write_table(args, runs, total_updates)
+        write_table(args, runs)
     for failure in failures:
         print(f"failed: {failure}", flush=True)
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
