@@ -1,7 +1,7 @@
-"""scripts/gradient_norms.py (fairseq_mixtape_tools/gradient_norms.py): the parameter groups cover every parameter once (their squared
-norms add up to the norm fairseq clips), the output layer's own parameters are named, the clip
-norm is the experiment's own, the table comes back from a saved --json, and an unprepared
-experiment or a bad flag is refused before any training."""
+"""scripts/gradient_norms.py (fairseq_mixtape_tools/gradient_norms.py): the parameter groups
+cover every parameter once (their squared norms add up to the norm fairseq clips), the output
+layer's own parameters are named, the clip norm is the experiment's own, the table comes back
+from a saved --json, and an unprepared experiment or a bad flag is refused before any training."""
 
 import json
 import math

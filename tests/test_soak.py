@@ -1,5 +1,6 @@
-"""scripts/soak.py (fairseq_mixtape_tools/soak.py) at toy size: it trains, evaluates every saved checkpoint and passes; it fails
-on a log with a non-finite loss; and it refuses bad flags before any work."""
+"""scripts/soak.py (fairseq_mixtape_tools/soak.py) at toy size: it trains, evaluates every saved
+checkpoint and passes; it fails on a log with a non-finite loss; and it refuses bad flags before
+any work."""
 
 import re
 
