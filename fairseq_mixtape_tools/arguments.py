@@ -44,8 +44,17 @@ def check_probability(parser: argparse.ArgumentParser, flag: str, value: float) 
         parser.error(f"{flag}: got {value}; allowed: a probability in [0, 1)")
 
 
+def flag_dest(flag: str) -> str:
+    """The attribute argparse stores ``flag`` in (``--mos-seeds``: ``mos_seeds``)."""
+    return flag.lstrip("-").replace("-", "_")
+
+
 def flag_value(args: argparse.Namespace, flag: str):
-    return getattr(args, flag.lstrip("-").replace("-", "_"))
+    return getattr(args, flag_dest(flag))
+
+
+def has_flag(args: argparse.Namespace, flag: str) -> bool:
+    return hasattr(args, flag_dest(flag))
 
 
 def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -57,13 +66,16 @@ def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
             parser.error(f"{flag}: got {value}; allowed: a number > 0")
 
 
-def parse_layers(parser: argparse.ArgumentParser, text: str, flag: str = "--layers") -> List[str]:
-    """Comma-separated output layer names, each registered by the plugin, each once."""
-    from fairseq_mixtape.output_layers import OUTPUT_LAYERS
+def parse_layers(parser: argparse.ArgumentParser, text: str, flag: str = "--layers",
+                 choices: Optional[Sequence[str]] = None) -> List[str]:
+    """Comma-separated output layer names, each once, each from ``choices`` (by default the
+    layers the plugin registers; the experiments' output variants for theirs)."""
+    if choices is None:
+        from fairseq_mixtape.output_layers import OUTPUT_LAYERS as choices
 
     layers = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in layers if name not in OUTPUT_LAYERS]
-    allowed = f"comma-separated output layers from {', '.join(OUTPUT_LAYERS)}"
+    unknown = [name for name in layers if name not in choices]
+    allowed = f"comma-separated output layers from {', '.join(choices)}"
     if unknown or not layers:
         which = f" (unknown: {', '.join(map(repr, unknown))})" if unknown else ""
         parser.error(f"{flag}: got {text!r}{which}; allowed: {allowed}")
@@ -74,9 +86,14 @@ def parse_layers(parser: argparse.ArgumentParser, text: str, flag: str = "--laye
     return layers
 
 
-def parse_seeds(parser: argparse.ArgumentParser, text: str, flag: str) -> List[int]:
-    """Comma-separated training seeds: whole numbers >= 0, each once."""
-    allowed = "comma-separated whole numbers >= 0, each once (e.g. 1,2)"
+def parse_seeds(parser: argparse.ArgumentParser, text: str, flag: str,
+                may_be_empty: bool = False) -> List[int]:
+    """Comma-separated training seeds: whole numbers >= 0, each once; with ``may_be_empty``,
+    also none ('')."""
+    allowed = "comma-separated whole numbers >= 0, each once (e.g. 1,2)" + (
+        ", or '' for none" if may_be_empty else "")
+    if may_be_empty and not text.strip():
+        return []
     try:
         seeds = [int(s) for s in text.split(",")]
     except ValueError:

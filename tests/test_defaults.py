@@ -108,11 +108,8 @@ def test_logit_scale_script_checks_the_experiment_network():
 def test_logit_scale_script_builds_the_sweep_network_at_each_width():
     """scripts/logit_scale.py's sweep_E networks are the bottleneck sweep's model at that output
     width (the E-wide projection and tied embedding), and an unknown name is refused by name."""
-    from pathlib import Path
+    from fairseq_mixtape_tools import logit_scale as script
 
-    from fairseq_mixtape_tools.experiments import load_script
-
-    script = load_script(Path(__file__).resolve().parents[1] / "scripts" / "logit_scale.py")
     vocab, argv = script.network_arguments("sweep_E32")
     assert vocab == 10000
     assert argv[argv.index("--decoder-output-dim") + 1] == "32"

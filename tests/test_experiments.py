@@ -9,8 +9,12 @@ import sys
 
 import pytest
 
-from fairseq_mixtape_tools.experiments import (
-    Run, format_mean, load_script, mean_and_spread, parse_train_log, restore_finished, seeds_text)
+from fairseq_mixtape_tools.experiments import multi30k as m30k
+from fairseq_mixtape_tools.experiments import ptb as ptb_experiment
+from fairseq_mixtape_tools.experiments import sweep
+from fairseq_mixtape_tools.experiments.common import (
+    OUTPUT_VARIANTS, Run, format_mean, is_mos, mean_and_spread, parse_train_log, restore_finished,
+    seeds_text, variant_arguments)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 D = 16
@@ -128,7 +132,6 @@ def test_restore_finished_takes_only_finished_runs_whose_folder_is_gone(tmp_path
 
 
 def test_multi30k_restore_takes_the_published_length_penalty(tmp_path):
-    m30k = load_script(REPO / "examples/translation/multi30k_experiment.py")
     args = type("Args", (), {"out": tmp_path / "out", "results_dir": tmp_path / "results"})()
     args.results_dir.mkdir()
     tuning = {"lenpen": 2.2, "valid_bleu": {"1.0": 37.0, "2.2": 38.0}, "run": "softmax_seed1"}
@@ -147,7 +150,7 @@ def test_table_caption_names_mos_seeds_only_where_mos_ran():
 
 @pytest.fixture(scope="module")
 def ptb():
-    return load_script(REPO / "examples/language_model/ptb_experiment.py")
+    return ptb_experiment
 
 
 def ptb_refusal(ptb, capsys, argv):
@@ -159,20 +162,24 @@ def ptb_refusal(ptb, capsys, argv):
 
 @pytest.mark.parametrize("argv,expected", [
     (["--layers", "softmax,mixtap"], "--layers: got 'softmax,mixtap' (unknown: 'mixtap'); "
-                                     "allowed: comma-separated output layers from softmax, mos"),
+                                     "allowed: comma-separated output layers from softmax, "
+                                     "mixtape, control, sigsoftmax, mos, mixtape_papers, "
+                                     "mixtape_linear, mos_sigsoftmax"),
+    (["--layers", "mos,mixtape,mos"], "--layers: got 'mos,mixtape,mos' (mos more than once)"),
     (["--seeds", "1,x"], "--seeds: got '1,x'; allowed: comma-separated whole numbers >= 0"),
     (["--seeds", "1,1"], "--seeds: got '1,1'"),
     (["--mos-seeds", "-1"], "--mos-seeds: got '-1'"),
     (["--components", "3"], "--components: got 3, which mixtape (in --layers) refuses"),
     (["--components", "3", "--layers", "softmax,mos"], None),          # MoS takes any K
-    (["--dim", "0"], "--dim: got 0; allowed: a number > 0"),
+    (["--dim", "0"], "--dim: got 0; allowed: whole numbers >= 1"),
     (["--dim", "30"], "--dim: got 30; allowed: a multiple of 4"),
-    (["--updates", "-5"], "--updates: got -5; allowed: a number > 0"),
+    (["--updates", "-5"], "--updates: got -5; allowed: whole numbers >= 1"),
     (["--tokens-per-sample", "0"], "--tokens-per-sample: got 0"),
     (["--rank-contexts", "0"], "--rank-contexts: got 0"),
     (["--context-scale", "0"], "--context-scale: got 0.0"),
-    (["--dropout", "1"], "--dropout: got 1.0; allowed: 0 <= p < 1"),
-    (["--stages", "train,bogus"], "--stages: unknown ['bogus']"),
+    (["--dropout", "1"], "--dropout: got 1.0; allowed: a probability in [0, 1)"),
+    (["--stages", "train,bogus"], "--stages: got 'bogus'; allowed: prepare, train, eval, rank, "
+                                  "table"),
 ])
 def test_ptb_experiment_refuses_bad_options(ptb, capsys, tmp_path, argv, expected):
     data = tmp_path / "ptb"
@@ -207,8 +214,6 @@ def test_ptb_experiment_refuses_missing_data(ptb, capsys, tmp_path):
 def test_multi30k_lenpen_tuning_widens_and_rescores(tmp_path, monkeypatch, capsys):
     """A wider --lenpens scores only the new penalties on the validation set; a run scored with
     a penalty that is no longer the best is generated again, one that still is is kept."""
-    m30k = load_script(REPO / "examples/translation/multi30k_experiment.py")
-    from fairseq_mixtape_tools.experiments import Run
     runs = [Run(tmp_path / "runs", "softmax", 1), Run(tmp_path / "runs", "mixtape", 1)]
     runs[0].dir.mkdir(parents=True)
     m30k.averaged(runs[0]).write_text("")
@@ -239,3 +244,70 @@ def test_multi30k_lenpen_tuning_widens_and_rescores(tmp_path, monkeypatch, capsy
     assert runs[1].result == {"lenpen": 1.8, "bleu_test_2016_flickr": 38.0}
     assert "softmax seed 1: scored with lenpen 1.4, now 1.8: generating again" in (
         capsys.readouterr().out)
+
+
+# Flags of their own that let each experiment parse without data: no stage that reads a corpus.
+NO_DATA = {ptb_experiment: ["--stages", "table"], m30k: ["--stages", "train"],
+           sweep: ["--stages", "train"]}
+
+
+@pytest.mark.parametrize("driver", NO_DATA, ids=lambda driver: driver.__name__.split(".")[-1])
+@pytest.mark.parametrize("argv,expected", [
+    (["--layers", "softmax,bogus"], "--layers: got 'softmax,bogus' (unknown: 'bogus'); allowed: "
+                                    "comma-separated output layers from softmax, mixtape, "
+                                    "control, sigsoftmax, mos, mixtape_papers, mixtape_linear, "
+                                    "mos_sigsoftmax"),
+    (["--layers", "mixtape,mixtape"], "--layers: got 'mixtape,mixtape' (mixtape more than once)"),
+    (["--seeds", "1,1"], "--seeds: got '1,1'; allowed: comma-separated whole numbers >= 0, each "
+                         "once (e.g. 1,2)"),
+    (["--seeds", "-1"], "--seeds: got '-1'"),
+    (["--stages", "bogus"], "--stages: got 'bogus'; allowed: prepare, train"),
+    (["--threads", "0"], "--threads: got 0; allowed: whole numbers >= 1"),
+    (["--rank-contexts", "0"], "--rank-contexts: got 0; allowed: whole numbers >= 1"),
+    (["--lr", "0"], "--lr: got 0.0; allowed: a number > 0"),
+    (["--dropout", "-0.1"], "--dropout: got -0.1; allowed: a probability in [0, 1)"),
+])
+def test_shared_flags_are_checked_alike(driver, argv, expected, capsys):
+    """The flags the experiments share are checked by one function: the same refusal, word for
+    word, from each."""
+    with pytest.raises(SystemExit) as exited:
+        driver.parse_args([*NO_DATA[driver], *argv])
+    assert exited.value.code == 2
+    assert expected in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_seed_lists_other_than_seeds_may_be_empty():
+    assert sweep.parse_args([*NO_DATA[sweep], "--extra-seeds", ""]).extra_seeds == []
+    args = m30k.parse_args([*NO_DATA[m30k], "--control-seeds", "", "--mos-seeds", "0,2"])
+    assert args.control_seeds == [] and args.mos_seeds == [0, 2]
+    assert ptb_experiment.parse_args([*NO_DATA[ptb_experiment], "--mos-seeds", ""]).mos_seeds == []
+
+
+def test_output_variants_take_the_experiments_k_and_context_scale():
+    """--components sets K of the K = 4 mixtures, not the control's K = 1; --context-scale is
+    added to MoS and Mixtape (overriding mixtape_papers' 1), not to the control nor to Mixtape
+    with linear contexts; without them the variant's own flags."""
+    assert variant_arguments("mixtape") == OUTPUT_VARIANTS["mixtape"]
+    assert variant_arguments("mos_sigsoftmax", 8, 2.0) == [
+        "--output-layer", "mos_sigsoftmax", "--output-components", 8,
+        "--output-context-scale", 2.0]
+    assert variant_arguments("control", 8, 2.0) == OUTPUT_VARIANTS["control"]
+    assert variant_arguments("mixtape_linear", 8, 2.0) == [
+        "--output-layer", "mixtape", "--output-components", 8,
+        "--output-context-activation", "linear"]
+    assert variant_arguments("mixtape_papers", None, 2.0)[-4:] == [
+        "--output-context-scale", 1, "--output-context-scale", 2.0]
+    assert variant_arguments("softmax", 8, 2.0) == ["--output-layer", "softmax"]
+    assert [is_mos(v) for v in OUTPUT_VARIANTS] == [v in ("mos", "mos_sigsoftmax")
+                                                    for v in OUTPUT_VARIANTS]
+
+
+def test_ptb_takes_every_output_variant(tmp_path):
+    args = ptb_experiment.parse_args([*NO_DATA[ptb_experiment], "--out", str(tmp_path),
+                                      "--layers", ",".join(OUTPUT_VARIANTS), "--components", "2",
+                                      "--seeds", "1", "--mos-seeds", "2"])
+    runs = ptb_experiment.plan(args)
+    assert [run.name for run in runs][-2:] == ["mos_seed2", "mos_sigsoftmax_seed2"]
+    control = next(run for run in runs if run.layer == "control")
+    flags = ptb_experiment.train_arguments(args, control)
+    assert flags[flags.index("--output-components") + 1] == 1

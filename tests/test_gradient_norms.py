@@ -1,7 +1,7 @@
-"""scripts/gradient_norms.py: the parameter groups cover every parameter once (their squared
-norms add up to the norm fairseq clips), the output layer's own parameters are named, the clip
-norm is the experiment's own, the table comes back from a saved --json, and an unprepared
-experiment or a bad flag is refused before any training."""
+"""scripts/gradient_norms.py (fairseq_mixtape_tools/gradient_norms.py): the parameter groups
+cover every parameter once (their squared norms add up to the norm fairseq clips), the output
+layer's own parameters are named, the clip norm is the experiment's own, the table comes back
+from a saved --json, and an unprepared experiment or a bad flag is refused before any training."""
 
 import json
 import math
@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from fairseq_mixtape_tools import gradient_norms
 from helpers import random_corpus
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -34,12 +35,10 @@ def test_unprepared_experiment_refused(tmp_path):
 
 
 def test_bad_flags_refused(capsys, tmp_path):
-    sys.path.insert(0, str(SCRIPT.parent))
-    import gradient_norms
-
     with pytest.raises(SystemExit):
         gradient_norms.parse_args(["--layers", "softmax,mixture"])
-    assert "--layers: got 'mixture'; allowed: softmax, mixtape" in capsys.readouterr().err
+    assert ("--layers: got 'softmax,mixture' (unknown: 'mixture'); allowed: comma-separated "
+            "output layers from softmax, mixtape") in capsys.readouterr().err
     other = tmp_path / "other.json"
     other.write_text('{"softmax": [1, 2]}')
     with pytest.raises(SystemExit):

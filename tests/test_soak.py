@@ -1,16 +1,13 @@
-"""scripts/soak.py at toy size: it trains, evaluates every saved checkpoint and passes; it fails
-on a log with a non-finite loss; and it refuses bad flags before any work."""
+"""scripts/soak.py (fairseq_mixtape_tools/soak.py) at toy size: it trains, evaluates every saved
+checkpoint and passes; it fails on a log with a non-finite loss; and it refuses bad flags before
+any work."""
 
-import pathlib
 import re
-import sys
 
 import pytest
 
+from fairseq_mixtape_tools import soak
 from helpers import make_lm_data
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
-import soak  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""The output-width sweep (examples/language_model/bottleneck_sweep.py): its run plan, its
-up-front errors, and every stage end to end at toy size on real text."""
+"""The output-width sweep (fairseq_mixtape_tools/experiments/sweep.py, launched by
+examples/language_model/bottleneck_sweep.py): its run plan, its up-front errors, and every stage
+end to end at toy size on real text."""
 
 import json
 import pathlib
@@ -8,11 +9,10 @@ import sys
 
 import pytest
 
-from fairseq_mixtape_tools.experiments import load_script
+from fairseq_mixtape_tools.experiments import sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples/language_model/bottleneck_sweep.py"
-sweep = load_script(SCRIPT)
 
 
 def names(runs):
@@ -33,7 +33,15 @@ def test_plan_extra_seeds_at_the_smallest_width_and_mos_last(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--layers", "softmax,mixture"], "--layers: got 'mixture'; allowed: softmax, mixtape"),
+    (["--layers", "softmax,mixture"], "--layers: got 'softmax,mixture' (unknown: 'mixture'); "
+                                      "allowed: comma-separated output layers from softmax, "
+                                      "mixtape, control"),
+    (["--layers", "softmax,softmax"], "--layers: got 'softmax,softmax' (softmax more than once)"),
+    (["--seeds", "1,1"], "--seeds: got '1,1'; allowed: comma-separated whole numbers >= 0, each "
+                         "once"),
+    (["--seeds", ""], "--seeds: got ''; allowed: comma-separated whole numbers >= 0"),
+    (["--extra-seeds", "x"], "--extra-seeds: got 'x'; allowed: comma-separated whole numbers "
+                             ">= 0, each once (e.g. 1,2), or '' for none"),
     (["--jobs", "0"], "--jobs: got 0; allowed: whole numbers >= 1"),
     (["--lr", "-1"], "--lr: got -1.0; allowed: a number > 0"),
     (["--dims", "16,0"], "--dims: got 0; allowed: whole numbers >= 1"),

@@ -1,4 +1,6 @@
-"""What the experiment scripts in ``examples/`` share: one training run per (output layer, seed)
+"""What the experiments (``ptb``, ``multi30k``, ``sweep``; launched by the scripts in
+``examples/``) share: the interface each offers (``Driver``), the output variants they compare
+and the checks of the flags they have in common, one training run per (output layer, seed)
 through the real fairseq command-line tools, each finished step remembered in a JSON file so that
 a rerun skips it, and a table of mean and spread over seeds.
 
@@ -6,23 +8,65 @@ A run directory holds ``train.log`` (fairseq's output), ``checkpoint_last.pt`` a
 ``result.json``: everything measured about that run, read from the tools' own output.
 """
 
+import argparse
 import concurrent.futures
-import importlib.util
 import json
 import math
 import pathlib
 import statistics
 import subprocess
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import (Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple,
+                    runtime_checkable)
 
-from .runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress_printer
+from ..arguments import (check_choices, check_counts, check_positive, check_probability,
+                         flag_dest, flag_value, has_flag, parse_layers, parse_seeds)
+from ..runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress_printer
 
-__all__ = ["PACKAGE_DIR", "OUTPUT_VARIANTS", "Run", "load_script", "plan_runs", "run_in_parallel", "seconds_per_epoch", "evaluate_lm", "scale_text", "mean_and_spread", "format_mean", "parse_train_log",
-           "values_of", "relative_to", "rank_cell", "plot_run_spectra", "write_results",
-           "restore_finished", "plugin_commit"]
+# The checkout these tools run from: the experiments' default folders (../shared/data beside it,
+# examples/*/results in it) and the scripts they call are found there.
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+__all__ = ["REPO", "PACKAGE_DIR", "Driver", "OUTPUT_VARIANTS", "SCALED_VARIANTS",
+           "variant_arguments", "takes_components", "is_mos", "check_experiment_flags", "Run",
+           "plan_runs", "run_in_parallel", "restore_finished", "plugin_commit", "evaluate_lm",
+           "measure_rank", "parse_train_log", "mean_and_spread", "format_mean", "values_of",
+           "relative_to", "seconds_per_epoch", "seeds_text", "seeds_cell", "scale_text",
+           "rank_cell", "plot_run_spectra", "write_results"]
 
 
-# The output layers the experiments compare, by name: their fairseq-train flags.
+@runtime_checkable
+class Driver(Protocol):
+    """What each experiment (the modules ``ptb``, ``multi30k`` and ``sweep``) offers, alike: the
+    scripts in ``examples/`` call its ``main``; the tools that reuse an experiment's training
+    command (``gradient_norms``, ``logit_scale``) and the tests use the rest."""
+
+    STAGES: Tuple[str, ...]  # its steps (--stages), in the order they run
+
+    def parse_args(self, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+        """Its flags, checked before any work (a bad value stops it with an argparse error)."""
+
+    def plan(self, args: argparse.Namespace) -> List["Run"]:
+        """Its runs, in the order they run."""
+
+    def run_for(self, args: argparse.Namespace, layer: str, seed: int) -> "Run":
+        """One run of output variant ``layer`` and ``seed``, as ``plan`` makes them (the sweep's
+        at its first --dims value), for the tools that take one run of each layer."""
+
+    def train_arguments(self, args: argparse.Namespace, run: "Run") -> list:
+        """The run's fairseq-train arguments, but for --user-dir, --seed and --save-dir, which
+        ``Run.train`` adds."""
+
+    def train(self, args: argparse.Namespace, run: "Run") -> Dict:
+        """Its train step: fairseq-train of the run into its folder; what its log says."""
+
+    def write_table(self, args: argparse.Namespace, runs: Sequence["Run"]) -> None:
+        """Its table step: the results' table, every run's numbers (JSON) and its plots."""
+
+    def main(self, argv: Optional[Sequence[str]] = None) -> int:
+        """Every stage of --stages; the exit status."""
+
+
+# The output variants the experiments compare (--layers), by name: their fairseq-train flags.
 OUTPUT_VARIANTS = {
     "softmax": ["--output-layer", "softmax"],
     "mixtape": ["--output-layer", "mixtape", "--output-components", 4],
@@ -36,7 +80,61 @@ OUTPUT_VARIANTS = {
     # Mixtape with linear contexts h_k = W_k g + e_k (no tanh; not the papers' layer)
     "mixtape_linear": ["--output-layer", "mixtape", "--output-components", 4,
                        "--output-context-activation", "linear"],
+    "mos_sigsoftmax": ["--output-layer", "mos_sigsoftmax", "--output-components", 4],
 }
+# The variants whose contexts an experiment's --context-scale scales: MoS and Mixtape of K = 4
+# (mixtape_papers included: the flag comes after its own scale of 1 and overrides it; not the
+# control nor Mixtape with linear contexts).
+SCALED_VARIANTS = ("mixtape", "mos", "mos_sigsoftmax", "mixtape_papers")
+
+
+def takes_components(variant: str) -> bool:
+    """Whether an experiment's --components sets the variant's K: the mixtures of K = 4, not the
+    control, whose K = 1 is the point of it."""
+    flags = OUTPUT_VARIANTS[variant]
+    return "--output-components" in flags and flags[flags.index("--output-components") + 1] > 1
+
+
+def variant_arguments(variant: str, components: Optional[int] = None,
+                      context_scale: Optional[float] = None) -> list:
+    """The fairseq-train flags of an output variant; ``components`` (where not None) replaces K
+    where ``takes_components``, and ``context_scale`` is added for SCALED_VARIANTS."""
+    flags = list(OUTPUT_VARIANTS[variant])
+    if components is not None and takes_components(variant):
+        flags[flags.index("--output-components") + 1] = components
+    if context_scale is not None and variant in SCALED_VARIANTS:
+        flags += ["--output-context-scale", context_scale]
+    return flags
+
+
+def is_mos(variant: str) -> bool:
+    """MoS and MoS-sigsoftmax, which cost about K softmaxes a run: they run last, and for
+    fewer seeds or widths."""
+    return variant.startswith("mos")
+
+
+# The seed lists of the experiments, and whether each may be empty ('': no such runs).
+SEED_FLAGS = {"--seeds": False, "--mos-seeds": True, "--control-seeds": True,
+              "--extra-seeds": True}
+
+
+def check_experiment_flags(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                           stages: Sequence[str]) -> None:
+    """The checks of the flags the experiments share, each that ``args`` has: --layers (output
+    variants, each once) and the seed lists become lists; --stages from ``stages``; --jobs,
+    --threads, --rank-contexts whole numbers >= 1; --lr and --context-scale > 0; --dropout a
+    probability. Each experiment checks its own flags after these."""
+    args.layers = parse_layers(parser, args.layers, choices=list(OUTPUT_VARIANTS))
+    check_choices(parser, "--stages", args.stages, stages)
+    for flag, may_be_empty in SEED_FLAGS.items():
+        if has_flag(args, flag):
+            setattr(args, flag_dest(flag), parse_seeds(parser, flag_value(args, flag), flag,
+                                                       may_be_empty))
+    check_counts(parser, args, [flag for flag in ("--jobs", "--threads", "--rank-contexts")
+                                if has_flag(args, flag)])
+    check_positive(parser, args, [flag for flag in ("--lr", "--context-scale")
+                                  if has_flag(args, flag)])
+    check_probability(parser, "--dropout", args.dropout)
 
 
 class Run:
@@ -111,24 +209,14 @@ def plugin_commit() -> str:
     return (commit or "unknown") + ("+changes" if changed else "")
 
 
-def load_script(path: pathlib.Path):
-    """An experiment script (``examples/*/*.py``) imported as a module from its file, for its
-    ``parse_args`` and ``train_arguments``."""
-    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def plan_runs(root: pathlib.Path, layers: Sequence[str], seeds: Sequence[int],
-              mos_seeds: Sequence[int]) -> List[Run]:
-    """Seed by seed, every layer (so that drifts in machine load hit all layers alike); the MoS
-    layers, which cost about K softmaxes each, run last and only for ``mos_seeds``."""
-    is_mos = [layer.startswith("mos") for layer in layers]
-    return ([Run(root, layer, seed) for seed in seeds
-             for layer, mos in zip(layers, is_mos) if not mos]
-            + [Run(root, layer, seed) for seed in mos_seeds
-               for layer, mos in zip(layers, is_mos) if mos])
+def plan_runs(seeds: Sequence[int], cells: Sequence[Any],
+              seeds_of: Callable[[Any], Sequence[int]],
+              make_run: Callable[[Any, int], Run]) -> List[Run]:
+    """Seed by seed in the order of ``seeds``, every cell (an output variant; the sweep's
+    (E, variant)) in its order, so that drifts in machine load hit all alike; each cell only for
+    its ``seeds_of(cell)``; the MoS runs, which cost about K softmaxes each, last."""
+    runs = [make_run(cell, seed) for seed in seeds for cell in cells if seed in seeds_of(cell)]
+    return sorted(runs, key=lambda run: is_mos(run.layer))  # stable: seed by seed in each part
 
 
 def evaluate_lm(run: Run, data_bin: pathlib.Path, subset: str, tokens_per_sample: int,
@@ -183,7 +271,7 @@ def mean_and_spread(values: Sequence[float]) -> Optional[tuple]:
 def seeds_text(seeds, mos_seeds, layers) -> str:
     """"seeds 1, 2 (MoS: 1)" for a table's caption; the MoS part only where MoS layers ran."""
     text = "seeds " + ", ".join(map(str, seeds))
-    if any(layer.startswith("mos") for layer in layers):
+    if any(map(is_mos, layers)):
         text += " (MoS: " + ", ".join(map(str, mos_seeds)) + ")"
     return text
 
@@ -223,8 +311,10 @@ def seconds_per_epoch(runs: Sequence[Run]) -> List[float]:
 
 
 def relative_to(values: Sequence[float], baseline: Sequence[float], percent=False) -> List[float]:
-    """Each value over the baseline's mean (a ratio, or a change in percent)."""
-    reference = statistics.fmean(baseline) if baseline else 0.0
+    """Each value over the baseline's mean (a ratio, or a change in percent); none where the
+    baseline has no finite value above 0."""
+    summary = mean_and_spread(baseline)
+    reference = summary[0] if summary else 0.0
     if not reference > 0:  # none, or too short to be timed (fairseq rounds to seconds)
         return []
     return [(v / reference - 1) * 100 if percent else v / reference for v in values]
@@ -241,7 +331,7 @@ def measure_rank(run: Run, data_bin: pathlib.Path, contexts: int,
                  checkpoint: Optional[pathlib.Path] = None) -> Dict:
     """The bottleneck diagnostic on the run's checkpoint (or ``checkpoint``) and the test split;
     the spectrum is saved beside it (spectrum.npy) for plot_run_spectra."""
-    from .bottleneck import measure_checkpoint
+    from ..bottleneck import measure_checkpoint
 
     report = measure_checkpoint(checkpoint or run.checkpoint, data_bin, subset="test",
                                 max_contexts=contexts, name=run.layer,
@@ -253,7 +343,7 @@ def plot_run_spectra(runs: Sequence[Run], path: pathlib.Path, title: str) -> Non
     """One plot of the spectra of the runs that have one (bottleneck.plot_spectra)."""
     import numpy as np
 
-    from .bottleneck import RankReport, plot_spectra
+    from ..bottleneck import RankReport, plot_spectra
 
     reports = []
     for run in runs:
@@ -269,13 +359,14 @@ def plot_run_spectra(runs: Sequence[Run], path: pathlib.Path, title: str) -> Non
 
 
 def write_results(runs: Sequence[Run], lines: Sequence[str], results_dir: pathlib.Path,
-                  name: str, plot_seed: int, plot_title: str) -> None:
+                  name: str, plot_seed: Optional[int] = None, plot_title: str = "") -> None:
     """NAME.md (the table), NAME.json (every run's numbers), NAME_spectra.png (the runs of
-    ``plot_seed``), and the table on stdout."""
+    ``plot_seed``; none without), and the table on stdout."""
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     (results_dir / f"{name}.json").write_text(json.dumps(
         {r.name: r.result for r in runs}, indent=1, sort_keys=True) + "\n")
-    plot_run_spectra([r for r in runs if r.seed == plot_seed],
-                     results_dir / f"{name}_spectra.png", plot_title)
+    if plot_seed is not None:
+        plot_run_spectra([r for r in runs if r.seed == plot_seed],
+                         results_dir / f"{name}_spectra.png", plot_title)
     print("\n".join(lines), flush=True)
