@@ -26,7 +26,15 @@ from ..runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress
 # examples/*/results in it) and the scripts they call are found there.
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
-__all__ = ["REPO", "PACKAGE_DIR", "Driver", "OUTPUT_VARIANTS", "SCALED_VARIANTS",
+
+def repo_path(path) -> str:
+    """``path`` as a reader of the repository names it: relative to the checkout where it lies
+    in it (a table's caption must not carry one machine's folders), else as given."""
+    resolved = pathlib.Path(path).resolve()
+    return (resolved.relative_to(REPO).as_posix() if resolved.is_relative_to(REPO)
+            else str(path))
+
+__all__ = ["REPO", "repo_path", "PACKAGE_DIR", "Driver", "OUTPUT_VARIANTS", "SCALED_VARIANTS",
            "variant_arguments", "takes_components", "is_mos", "check_experiment_flags", "Run",
            "plan_runs", "run_in_parallel", "restore_finished", "plugin_commit", "evaluate_lm",
            "measure_rank", "parse_train_log", "mean_and_spread", "format_mean", "values_of",

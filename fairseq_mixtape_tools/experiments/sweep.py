@@ -50,7 +50,7 @@ import time
 from ..arguments import check_counts, comma_list
 from ..runner import run_tool, stop_tools_on_terminate
 from .common import (
-    OUTPUT_VARIANTS, REPO, Run, check_experiment_flags, evaluate_lm, format_mean, is_mos,
+    OUTPUT_VARIANTS, REPO, Run, repo_path, check_experiment_flags, evaluate_lm, format_mean, is_mos,
     mean_and_spread, measure_rank, plan_runs, plugin_commit, rank_cell, relative_to,
     restore_finished, run_in_parallel, seconds_per_epoch, seeds_cell, values_of,
     variant_arguments, write_results)
@@ -312,7 +312,7 @@ def write_table(args, runs):
         "read the hidden state projected linearly to E, the mixtures read "
         + ("the hidden state itself (the papers' wiring)" if args.output_layer_reads == "hidden"
            else "that projection (the wiring before 0.2.0)")
-        + (f"; runs marked * reused from {args.reuse}" if args.reuse else "")
+        + (f"; runs marked * reused from {repo_path(args.reuse)}" if args.reuse else "")
         + f"; {args.max_epochs} epochs ({total_updates(args)} updates of {args.batch_size} x "
         f"{args.tokens_per_sample} tokens), Adam lr {args.lr:g}, {args.warmup_updates} warm-up "
         f"updates then linear decay to 0, "
