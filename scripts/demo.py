@@ -2,7 +2,7 @@
 """The project's demo: softmax vs MoS vs Mixtape (vs sigsoftmax) on a language where
 the softmax bottleneck bites, through the real fairseq command-line tools.
 
-    python scripts/demo.py            # about 5 minutes on 2 CPU cores
+    python scripts/demo.py            # 7-9 minutes on a 2-core CPU machine running other jobs
     python scripts/demo.py -h         # options: --data DIR, --work-dir, --updates, --seed, --layers
 
 The logic lives in ``fairseq_mixtape_tools/demo.py`` (installed as the console script
