@@ -194,14 +194,16 @@ class OutputLayerHead(nn.Module):
 
 class ReorderedLayer:
     """An output layer run with some of its tensors replaced (``functional_call``), for
-    ``chunked_token_losses``: ``forward``, ``scores_per_position`` and an eager
-    ``compiled_forward`` of None are all that it reads of a layer without ``target_log_probs``."""
+    ``chunked_token_losses``: ``forward``, ``scores_per_position``, an eager ``compiled_forward``
+    of None and ``direct_target_log_probs`` False are all that it reads of a layer whose
+    targets' log-probabilities come from its ``forward``."""
 
     compiled_forward = None
+    direct_target_log_probs = False
 
     def __init__(self, layer: OutputLayer, tensors: Dict[str, torch.Tensor]):
-        check_option(not hasattr(layer, "target_log_probs"), "token order", layer.name,
-                     "a layer without target_log_probs (mixtape)")
+        check_option(not layer.direct_target_log_probs, "token order", layer.name,
+                     "a layer whose target_log_probs come from its forward (mixtape)")
         self.layer = layer
         self.tensors = tensors
 

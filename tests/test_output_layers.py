@@ -326,6 +326,30 @@ def test_target_log_probs_are_the_mixture_at_the_targets(name):
 
 
 # ---------------------------------------------------------------------------------- all layers
+RETURN_LOG_PROBS = ("mos", "mos_sigsoftmax")  # the others return logits
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_each_layer_declares_what_it_returns_and_gives_the_targets_log_probs(name):
+    """Each layer declares (in its own class) whether ``forward`` returns log p or logits and
+    whether ``target_log_probs`` skips the (..., V) distribution: the MoS layers do both. Every
+    layer's ``target_log_probs`` is log_softmax(forward) at the targets."""
+    cls = OUTPUT_LAYERS[name]
+    assert {"scores_are_log_probs", "direct_target_log_probs"} <= set(vars(cls))
+    assert cls.scores_are_log_probs is cls.direct_target_log_probs is (name in RETURN_LOG_PROBS)
+    layer = build(name, output_components=2, output_bias=True).double().eval()
+    g = torch.randn(3, 4, C, dtype=torch.float64) * 2
+    target = torch.randint(0, V, (3, 4))
+    scores = layer(g)
+    if layer.scores_are_log_probs:
+        assert torch.allclose(scores.logsumexp(-1), torch.zeros(3, 4, dtype=torch.float64),
+                              rtol=0, atol=1e-12)
+    else:  # logits: not normalised
+        assert not torch.allclose(scores.logsumexp(-1), torch.zeros(3, 4, dtype=torch.float64))
+    expected = log_probs(layer, g).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(layer.target_log_probs(g, target), expected, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_gradcheck_float64(name):
     layer = build(name, input_dim=4, num_tokens=9, output_components=2, mixtape_gate_dim=3,

@@ -95,8 +95,13 @@ class Mixtape(ContextMixture):
     the gate noise for each of the V tokens: both would need the K x V logits the shortcut avoids.
     Every gate logit carries one noise draw: the frequent tokens' l_{x,j} add u_j . g without the
     shared draw.
+
+    ``forward`` returns the logits, one (..., V) tensor (the shortcut forms no K x V one);
+    ``target_log_probs`` is their log_softmax at the targets.
     """
 
+    scores_are_log_probs = False
+    direct_target_log_probs = False
     default_components = 4
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,

@@ -20,12 +20,14 @@ class MixtureOfSoftmaxes(ContextMixture):
     The mixture is computed exactly in log space (the official code's ``log(p + 1e-8)`` floor
     caps log-probs at -18.4 and fakes rank). ``--mos-context-dropout`` drops the context vectors
     with one mask per sequence shared over time steps ("dropoutl"; ``ContextMixture.contexts``).
-    Costs K full V-wide softmaxes per position. Where the plugin's criterions need only the
-    targets' log-probabilities (no label smoothing or accuracy), they call ``target_log_probs``,
-    which keeps fewer (..., K, V) intermediates.
+    Costs K full V-wide softmaxes per position. ``forward`` returns log p itself. Where the
+    plugin's criterions need only the targets' log-probabilities (no label smoothing or
+    accuracy), they call ``target_log_probs``, which computes them without the (..., V) mixture
+    and keeps fewer (..., K, V) intermediates.
     """
 
     scores_are_log_probs = True
+    direct_target_log_probs = True
     default_components = 15
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
