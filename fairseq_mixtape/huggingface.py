@@ -36,7 +36,8 @@ vocabulary (``OutputLayerHead``).
 
 Saving and loading: ``save_pretrained`` writes the layer's settings in config.json under the key
 ``fairseq_mixtape`` and marks the file's ``model_type`` as ``fairseq_mixtape``;
-``load_with_output_layer`` reads it back. ``transformers``' own ``AutoConfig`` and
+``load_with_output_layer`` reads it back (also the settings that earlier versions saved under
+former names: ``output_layers.upgraded_settings``). ``transformers``' own ``AutoConfig`` and
 ``AutoModelForCausalLM`` refuse such a checkpoint: with this module imported, with a message that
 names ``load_with_output_layer``; without it, as a model type they do not know. Either way they
 never load the body and silently drop the output layer. (A model class named directly, e.g.
@@ -63,7 +64,8 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import ModelOutput
 
 from .losses import chunked_token_losses, default_chunk_tokens, rows_per_chunk
-from .output_layers import OutputLayer, OutputLayerConfig, build_output_layer, check_option
+from .output_layers import (OutputLayer, OutputLayerConfig, build_output_layer, check_option,
+                            upgraded_settings)
 from .output_layers.mixtape import Mixtape, resolve_frequent_tokens, sigmoid_tree_paths
 
 CONFIG_KEY = "fairseq_mixtape"   # config.json: the layer's settings
@@ -399,6 +401,9 @@ class OutputLayerModel:
         spec = getattr(config, CONFIG_KEY, None)
         check_option(isinstance(spec, dict), f"config.{CONFIG_KEY}", spec,
                      "the output layer's settings, as with_output_layer saves them")
+        # settings saved by earlier versions, under this version's names (saved so from now on)
+        spec = {**spec, "output_layer": upgraded_settings(spec["output_layer"])}
+        setattr(config, CONFIG_KEY, spec)
         attach_head(self, build_head(self, spec, loading=True))
 
     @property

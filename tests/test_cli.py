@@ -17,8 +17,9 @@ from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq_cli import eval_lm, generate
 
-from helpers import (FAMILIES, LAYERS, TRAIN_FLAGS, USER_DIR, fairseq_train, make_lm_data,
-                     make_mt_data)
+from fairseq_mixtape.models import output_layer_of
+from helpers import (FAMILIES, LAYERS, TRAIN_FLAGS, USER_DIR, fairseq_train, load_checkpoint,
+                     make_lm_data, make_mt_data)
 
 pytestmark = pytest.mark.slow  # fairseq-train and the other tools, end to end
 BIN = Path(sys.executable).parent
@@ -91,6 +92,23 @@ def console(tool, *argv, stdin=None):
                           timeout=300, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": ""})
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
+
+
+def test_former_flag_names_through_the_tools(data, tmp_path):
+    """fairseq-train with --mos-context-dropout 0.29 (the flag's name before 0.3.0) trains MoS
+    with context dropout 0.29, saves it as output_context_dropout and resumes with the same
+    command; loaded, the layer has it."""
+    lm = data["language_modeling"]
+    save_dir = tmp_path / "checkpoints"
+    state = fairseq_train(lm, "transformer_lm", "mos", save_dir, 1,
+                          "--mos-context-dropout", "0.29")
+    saved = state["cfg"]["model"]
+    assert (saved["output_context_dropout"], saved["mos_context_dropout"]) == (0.29, None)
+    resumed = fairseq_train(lm, "transformer_lm", "mos", save_dir, 2,
+                            "--mos-context-dropout", "0.29")
+    assert resumed["optimizer_history"][-1]["num_updates"] == 2
+    model, _ = load_checkpoint(save_dir / "checkpoint_last.pt", lm)
+    assert output_layer_of(model).context_dropout == 0.29
 
 
 def test_stock_transformer_with_the_plugin_loaded(data, tmp_path):

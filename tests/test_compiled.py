@@ -198,7 +198,7 @@ def test_compiled_regularisers_are_deterministic_for_a_seed(translation):
     (finite loss, gradients), the same seed gives the same loss and gradients, another seed
     another loss."""
     task = translation.task
-    model = build_model(translation, mixtape_context_dropout=0.3, mixtape_gate_dropout=0.3,
+    model = build_model(translation, output_context_dropout=0.3, mixtape_gate_dropout=0.3,
                         mixtape_gate_noise=0.5)
     model.train()
     sample = batch(task, size=6)
@@ -213,3 +213,4 @@ def test_compiled_regularisers_are_deterministic_for_a_seed(translation):
         assert torch.isfinite(grad).all() and torch.equal(grad, runs[1][2][name]), name
     assert not torch.equal(runs[0][0], runs[2][0])
     assert output_layer_of(model).compiled_forward.failure is None
+

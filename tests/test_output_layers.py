@@ -158,7 +158,7 @@ def assert_one_mask_per_sequence(dropped, kept, p):
 
 @pytest.mark.parametrize("name", ["mos", "mixtape"])
 def test_context_dropout_one_mask_per_sequence_shared_over_time(name):
-    layer = build(name, output_components=4, **{f"{name}_context_dropout": 0.5})
+    layer = build(name, output_components=4, output_context_dropout=0.5)
     assert layer.context_dropout == 0.5
     g = torch.randn(6, 9, C)                  # other features at every time step
     torch.manual_seed(0)
@@ -169,7 +169,7 @@ def test_context_dropout_one_mask_per_sequence_shared_over_time(name):
 
 
 # ---------------------------------------------------------------------------------- Mixtape's regularisers
-REGULARISERS = dict(mixtape_context_dropout=0.3, mixtape_gate_dropout=0.3, mixtape_gate_noise=0.5)
+REGULARISERS = dict(output_context_dropout=0.3, mixtape_gate_dropout=0.3, mixtape_gate_noise=0.5)
 
 
 def build_mixtape(first_target=0, **options):
@@ -214,7 +214,7 @@ def test_mixtape_regularised_shortcut_equals_naive_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("options", [
-    dict(mixtape_context_dropout=0.3), dict(mixtape_gate_dropout=0.3),
+    dict(output_context_dropout=0.3), dict(mixtape_gate_dropout=0.3),
     dict(mixtape_gate_noise=0.5), REGULARISERS])
 def test_mixtape_regularisers_are_train_only(options):
     torch.manual_seed(0)
@@ -259,8 +259,8 @@ def test_mixtape_gate_noise_has_the_right_std(monkeypatch):
 
 
 @pytest.mark.parametrize("option,value,allowed", [
-    ("mixtape_context_dropout", 1.0, "a probability in [0, 1)"),
-    ("mixtape_context_dropout", -0.1, "a probability in [0, 1)"),
+    ("output_context_dropout", 1.0, "a probability in [0, 1)"),
+    ("output_context_dropout", -0.1, "a probability in [0, 1)"),
     ("mixtape_gate_dropout", float("nan"), "a probability in [0, 1)"),
     ("mixtape_gate_dropout", 1.5, "a probability in [0, 1)"),
     ("mixtape_gate_noise", -0.5, "a finite number >= 0"),
@@ -430,14 +430,16 @@ def test_half_precision_inputs_normalise_in_float32(name, dtype):
     (dict(output_layer="mos", output_components=True), "--output-components", "integer >= 1"),
     (dict(output_layer="mixtape", output_components=2.0), "--output-components", "power of two"),
     (dict(output_layer="mixtape", mixtape_frequent_tokens=True), "--mixtape-frequent-tokens", "fraction"),
-    (dict(output_layer="mos", mos_context_dropout=1.0), "--mos-context-dropout", "[0, 1)"),
+    (dict(output_layer="mos", output_context_dropout=1.0), "--output-context-dropout", "[0, 1)"),
     (dict(output_layer="mixtape", output_context_scale=0.0), "--output-context-scale", "> 0"),
     (dict(output_layer="mos", output_context_scale=-4.0), "--output-context-scale", "> 0"),
     (dict(output_layer="mos_sigsoftmax", output_context_scale=float("nan")), "--output-context-scale", "finite"),
     (dict(output_layer="mixtape", output_context_scale=float("inf")), "--output-context-scale", "finite"),
     (dict(output_layer="sigsoftmax", output_context_scale=4.0), "--output-context-scale", "no context vectors"),
-    (dict(output_layer="mos", mos_context_dropout=-0.1), "--mos-context-dropout", "[0, 1)"),
-    (dict(output_layer="mos_sigsoftmax", mos_context_dropout=float("nan")), "--mos-context-dropout", "[0, 1)"),
+    (dict(output_layer="mos", output_context_dropout=-0.1), "--output-context-dropout", "[0, 1)"),
+    (dict(output_layer="mos_sigsoftmax", output_context_dropout=float("nan")), "--output-context-dropout", "[0, 1)"),
+    (dict(output_layer="softmax", output_context_dropout=0.3), "--output-context-dropout", "no context vectors"),
+    (dict(output_layer="sigsoftmax", output_context_dropout=0.3), "--output-context-dropout", "no context vectors"),
 ])
 def test_bad_configuration_names_the_option(options, flag, allowed):
     with pytest.raises(ValueError) as error:

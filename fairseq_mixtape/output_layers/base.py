@@ -2,7 +2,7 @@
 
 import math
 import numbers
-from typing import Callable, Dict, Optional, Type
+from typing import Any, Callable, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
@@ -156,7 +156,8 @@ CONTEXT_ACTIVATIONS = ("tanh", "linear")  # --output-context-activation
 class ContextMixture(OutputLayer):
     """What MoS and Mixtape share: K context vectors h_k = c tanh(W_k g + e_k) from one stacked
     map ``self.context`` (C -> K * E), the context scale c, and dropout on the context vectors
-    (``self.context_dropout`` p, 0 = off), one mask per sequence shared over time steps:
+    (``--output-context-dropout p``, ``self.context_dropout``; 0 = off, the default), in
+    training only, one mask per sequence shared over time steps:
 
         h_k = c tanh(W_k g_t + e_k) * m_k / (1 - p),   m ~ Bernoulli(1 - p)^(K x E) per sequence
 
@@ -175,15 +176,22 @@ class ContextMixture(OutputLayer):
     context_dropout: float = 0.0
     context_activation: str = "tanh"
 
+    @staticmethod
+    def context_settings(cfg) -> Dict[str, Any]:
+        """The context vectors' settings in ``cfg`` (``--output-context-scale``,
+        ``--output-context-dropout``, ``--output-context-activation``), as keyword arguments
+        of a mixture's constructor: c, p and the activation."""
+        return dict(context_scale=getattr(cfg, "output_context_scale", None),
+                    context_dropout=getattr(cfg, "output_context_dropout", 0.0),
+                    context_activation=getattr(cfg, "output_context_activation", "tanh"))
+
     def init_contexts(self, components: int, context_scale: Optional[float],
-                      context_dropout: float = 0.0, dropout_flag: str = "context dropout",
-                      context_activation: str = "tanh"):
-        """Call at the end of the subclass's __init__, once every parameter exists;
-        ``dropout_flag`` is the layer's flag for ``context_dropout``, for its error message."""
+                      context_dropout: float = 0.0, context_activation: str = "tanh"):
+        """Call at the end of the subclass's __init__, once every parameter exists."""
         check_option(context_activation in CONTEXT_ACTIVATIONS, "--output-context-activation",
                      context_activation, ", ".join(CONTEXT_ACTIVATIONS))
         self.context_activation = context_activation
-        self.context_dropout = check_probability(context_dropout, dropout_flag)
+        self.context_dropout = check_probability(context_dropout, "--output-context-dropout")
         self.components = components
         self.configured_scale = check_context_scale(context_scale)
         self.register_buffer("context_scale", torch.tensor(1.0))
