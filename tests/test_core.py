@@ -73,14 +73,15 @@ def test_bad_value_names_the_option():
         build_output_layer(OutputLayerConfig(output_layer="mixtape", output_components=3), C, V)
 
 
-SAVED_BEFORE_THE_RENAME = dict(mos_context_dropout=0.29, mixtape_context_dropout=0.1)
+SAVED_BEFORE_THE_RENAME = dict(mos_context_dropout=0.29, mixtape_context_dropout=0.1,
+                               compile_output_layer=True)
 
 
 @pytest.mark.parametrize("name,dropout", [("mos", 0.29), ("mos_sigsoftmax", 0.29),
                                           ("mixtape", 0.1), ("softmax", 0.0), ("sigsoftmax", 0.0)])
 def test_settings_saved_under_former_names_read_as_their_layer_read_them(name, dropout):
-    """A config saved before --output-context-dropout holds MoS's and Mixtape's own names of it:
-    each layer gets the one it read."""
+    """A config saved before --output-context-dropout holds MoS's and Mixtape's own names of it
+    (and compile_output_layer, now chosen by each run): each layer gets the one it read."""
     saved = {**dataclasses.asdict(OutputLayerConfig(output_layer=name)),
              **SAVED_BEFORE_THE_RENAME}
     del saved["output_context_dropout"]

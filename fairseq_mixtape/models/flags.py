@@ -1,7 +1,7 @@
 """The plugin's fairseq flags: ``OutputLayerConfig``'s fields as a ``FairseqDataclass`` (with
 ``--output-layer``'s choices), the former names of renamed settings as aliases
 (``--mos-context-dropout``, ``--mixtape-context-dropout``: ``--output-context-dropout``), and
-the one flag of the fairseq wiring, ``--output-layer-reads``."""
+the flags of the fairseq wiring: ``--output-layer-reads`` and ``--compile-output-layer``."""
 
 import dataclasses
 from dataclasses import field
@@ -21,6 +21,15 @@ OUTPUT_LAYER_READS_HELP = (
     "of g taking the place of fairseq's linear projection; projection puts them after that "
     "projection (the plugin's wiring before version 0.2.0). softmax and sigsoftmax always read "
     "the projection, which is their layer. A checkpoint keeps the wiring it was trained with")
+
+COMPILE_OUTPUT_LAYER_HELP = (
+    "run the output layer through torch.compile (dynamic shapes; where compiling fails, a "
+    "warning, then the eager layer), and in the plugin criterions the layer, log-softmax and "
+    "loss of each chunk; the same results and checkpoints as without it. A choice of the run "
+    "that builds the model, not of the model: a checkpoint loaded by fairseq-generate, "
+    "fairseq-eval-lm or checkpoint_utils.load_model_ensemble runs its layer eagerly, however it "
+    "was trained, unless asked with --model-overrides \"{'compile_output_layer': True}\" "
+    "(arg_overrides in Python)")
 
 CHOICES = {"output_layer": list(OUTPUT_LAYERS),
            "output_context_activation": list(CONTEXT_ACTIVATIONS)}
@@ -61,7 +70,9 @@ OutputLayerFlags = dataclasses.make_dataclass(
     [_flag(f) for f in dataclasses.fields(OutputLayerConfig)]
     + [_former_flag(former) for former in RENAMED_SETTINGS]
     + [("output_layer_reads", ChoiceEnum(list(WIRINGS)),
-        field(default="hidden", metadata={"help": OUTPUT_LAYER_READS_HELP}))],
+        field(default="hidden", metadata={"help": OUTPUT_LAYER_READS_HELP})),
+       ("compile_output_layer", bool,
+        field(default=False, metadata={"help": COMPILE_OUTPUT_LAYER_HELP}))],
     bases=(FairseqDataclass,))
 OutputLayerFlags.__module__ = __name__
 OutputLayerFlags.__doc__ = "The plugin's flags (fairseq-train's --output-layer, ...)."

@@ -150,6 +150,8 @@ def install_output_layer(decoder, args, input_dim: int, embed_dim: int):
     dictionary = decoder.dictionary
     layer = build_output_layer(args, input_dim, len(dictionary), embed_weight, embed_dim,
                                first_target=first_target(dictionary))
+    if safe_getattr(args, "compile_output_layer", False):
+        layer.compile_forward()
     if getattr(layer, "frequent", 0) > 0:
         check_gate_slots_seen(dictionary, layer.frequent_ids)
         warn_if_not_frequency_sorted(dictionary, layer.frequent_ids)
@@ -230,12 +232,16 @@ def keep_checkpoint_wiring(model, state_dict, model_cfg) -> None:
     install_output_layer(decoder, args, layer.embed_dim, layer.embed_dim).to(layer.weight)
 
 
-def upgrade_saved_flags(model_cfg) -> None:
+def upgrade_saved_flags(model_cfg, overrides: Optional[dict] = None) -> None:
     """A checkpoint's saved model flags (its ``cfg.model``, or an older checkpoint's argparse
-    namespace), in place, as this version reads them: saved before a setting was renamed
-    (without the setting's name), the setting takes the value of the former name that the saved
-    layer read (``upgraded_settings``: MoS ``mos_context_dropout``, Mixtape
-    ``mixtape_context_dropout``); the former names are unset."""
+    namespace), in place, as this version reads them:
+
+    - saved before a setting was renamed (without the setting's name), the setting takes the
+      value of the former name that the saved layer read (``upgraded_settings``: MoS
+      ``mos_context_dropout``, Mixtape ``mixtape_context_dropout``); the former names are unset;
+    - ``compile_output_layer`` is the loading run's choice, ``overrides`` (fairseq's
+      ``arg_overrides``, ``--model-overrides``), False where it does not ask: not the training
+      run's, which the checkpoint saved."""
     names = dict.fromkeys(renamed.name for renamed in RENAMED_SETTINGS.values())
     missing = [name for name in names if not has_key(model_cfg, name)]  # saved before the rename
     formers = [former for name in missing for former in former_names(name)
@@ -244,7 +250,8 @@ def upgrade_saved_flags(model_cfg) -> None:
              if has_key(model_cfg, key)}
     upgraded = upgraded_settings(saved)
     set_config(model_cfg, **{name: upgraded[name] for name in missing if name in upgraded},
-               **dict.fromkeys(formers))
+               **dict.fromkeys(formers),
+               compile_output_layer=bool((overrides or {}).get("compile_output_layer", False)))
 
 
 def has_key(cfg, key: str) -> bool:
@@ -282,7 +289,7 @@ def read_saved_flags_on_load() -> None:
     def load_reading_saved_flags(path, arg_overrides=None, *args, **kwargs):
         state = load(path, arg_overrides, *args, **kwargs)
         for cfg in saved_model_flags(state):
-            upgrade_saved_flags(cfg)
+            upgrade_saved_flags(cfg, arg_overrides)
         return state
 
     load_reading_saved_flags.reads_saved_flags = True

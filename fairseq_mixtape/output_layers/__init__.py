@@ -70,20 +70,13 @@ class OutputLayerConfig:
         metadata={"help": "mixtape: standard deviation sigma of Gaussian noise N(0, sigma^2) "
                           "added to the gate logits before the sigmoids (the K-1 shared ones of "
                           "each position, and the S frequent tokens' own); training only"})
-    compile_output_layer: bool = field(
-        default=False,
-        metadata={"help": "run the output layer through torch.compile (dynamic shapes; "
-                          "where compiling fails, a warning, then the eager layer), and in the "
-                          "plugin criterions the layer, log-softmax and loss of each chunk; the "
-                          "same results and checkpoints as without it. Saved with the model's "
-                          "flags: generation and eval-lm compile too, unless --model-overrides "
-                          "\"{'compile_output_layer': False}\""})
 
 
 def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
                        embed_dim: Optional[int] = None, first_target: int = 0) -> OutputLayer:
     """The output layer named by ``cfg.output_layer``, configured from ``cfg``'s fields;
-    ``first_target`` is the first token id that can be a target (Mixtape's first gate slot)."""
+    ``first_target`` is the first token id that can be a target (Mixtape's first gate slot).
+    The layer runs eagerly; ``compile_forward()`` on it runs it through torch.compile."""
     name = getattr(cfg, "output_layer", "softmax")
     check_option(name in OUTPUT_LAYERS, "--output-layer", name, ", ".join(OUTPUT_LAYERS))
     layer = OUTPUT_LAYERS[name]
@@ -103,8 +96,7 @@ def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
                  f"0 or unset for {name}, which has no context vectors")
     common = dict(input_dim=input_dim, num_tokens=num_tokens, embed_weight=embed_weight,
                   embed_dim=embed_dim, bias=getattr(cfg, "output_bias", False))
-    built = layer.from_config(cfg, first_target=first_target, **common)
-    return built.compile_forward() if getattr(cfg, "compile_output_layer", False) else built
+    return layer.from_config(cfg, first_target=first_target, **common)
 
 
 class Renamed(NamedTuple):
@@ -121,6 +113,9 @@ RENAMED_SETTINGS: Dict[str, Renamed] = {
     "mos_context_dropout": Renamed("output_context_dropout", ("mos", "mos_sigsoftmax")),
     "mixtape_context_dropout": Renamed("output_context_dropout", ("mixtape",)),
 }
+# Settings that earlier versions saved with the layer's, which are now chosen by each run that
+# builds a layer (--compile-output-layer: the layer's compile_forward()), not saved
+RUN_SETTINGS = ("compile_output_layer",)
 
 
 def upgraded_settings(saved: Mapping[str, Any]) -> Dict[str, Any]:
@@ -128,8 +123,9 @@ def upgraded_settings(saved: Mapping[str, Any]) -> Dict[str, Any]:
     checkpoint's), under this version's names. A saved config without a renamed setting (saved
     before the rename) gives it the value of the former name that its layer read, as that layer
     did: MoS's ``mos_context_dropout``, Mixtape's ``mixtape_context_dropout``; a layer that read
-    none gets the default. Former names are left out."""
-    upgraded = {key: value for key, value in saved.items() if key not in RENAMED_SETTINGS}
+    none gets the default. Former names and ``RUN_SETTINGS`` are left out."""
+    upgraded = {key: value for key, value in saved.items()
+                if key not in RENAMED_SETTINGS and key not in RUN_SETTINGS}
     layer = saved.get("output_layer", "softmax")
     for former, renamed in RENAMED_SETTINGS.items():
         value = saved.get(former)
