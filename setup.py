@@ -32,7 +32,7 @@ FULL_REQUIRES = [
 
 setup(
     name="fairseq-mixtape-core" if CORE else "fairseq-mixtape",
-    version="0.2.0",
+    version="0.3.0",
     description=("Mixtape, Mixture of Softmaxes and sigsoftmax output layers for PyTorch"
                  if CORE else
                  "Mixtape, Mixture of Softmaxes and sigsoftmax output layers for fairseq"),

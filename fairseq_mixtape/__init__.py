@@ -25,6 +25,6 @@ else:
     from . import models  # noqa: E402,F401  (registers the models and architectures)
     from . import criterions  # noqa: E402,F401  (registers the criterions)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["OUTPUT_LAYERS", "OutputLayerConfig", "build_output_layer", "chunked_token_losses",
            "FAIRSEQ"]

@@ -36,7 +36,10 @@ vocabulary (``OutputLayerHead``).
 
 Saving and loading: ``save_pretrained`` writes the layer's settings in config.json under the key
 ``fairseq_mixtape`` and marks the file's ``model_type`` as ``fairseq_mixtape``;
-``load_with_output_layer`` reads it back. ``transformers``' own ``AutoConfig`` and
+``load_with_output_layer`` reads it back (also the settings that earlier versions saved under
+former names: ``output_layers.upgraded_settings``). Compiling the layer
+(``compile_output_layer=True``) is a choice of each process, given to ``with_output_layer`` or
+``load_with_output_layer``, and not saved. ``transformers``' own ``AutoConfig`` and
 ``AutoModelForCausalLM`` refuse such a checkpoint: with this module imported, with a message that
 names ``load_with_output_layer``; without it, as a model type they do not know. Either way they
 never load the body and silently drop the output layer. (A model class named directly, e.g.
@@ -63,7 +66,8 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import ModelOutput
 
 from .losses import chunked_token_losses, default_chunk_tokens, rows_per_chunk
-from .output_layers import OutputLayer, OutputLayerConfig, build_output_layer, check_option
+from .output_layers import (OutputLayer, OutputLayerConfig, build_output_layer, check_option,
+                            upgraded_settings)
 from .output_layers.mixtape import Mixtape, resolve_frequent_tokens, sigmoid_tree_paths
 
 CONFIG_KEY = "fairseq_mixtape"   # config.json: the layer's settings
@@ -194,14 +198,16 @@ class OutputLayerHead(nn.Module):
 
 class ReorderedLayer:
     """An output layer run with some of its tensors replaced (``functional_call``), for
-    ``chunked_token_losses``: ``forward``, ``scores_per_position`` and an eager
-    ``compiled_forward`` of None are all that it reads of a layer without ``target_log_probs``."""
+    ``chunked_token_losses``: ``forward``, ``scores_per_position``, an eager ``compiled_forward``
+    of None and ``direct_target_log_probs`` False are all that it reads of a layer whose
+    targets' log-probabilities come from its ``forward``."""
 
     compiled_forward = None
+    direct_target_log_probs = False
 
     def __init__(self, layer: OutputLayer, tensors: Dict[str, torch.Tensor]):
-        check_option(not hasattr(layer, "target_log_probs"), "token order", layer.name,
-                     "a layer without target_log_probs (mixtape)")
+        check_option(not layer.direct_target_log_probs, "token order", layer.name,
+                     "a layer whose target_log_probs come from its forward (mixtape)")
         self.layer = layer
         self.tensors = tensors
 
@@ -247,8 +253,8 @@ def layer_config(output_layer: str, config_fields: dict) -> OutputLayerConfig:
     names = [f.name for f in dataclasses.fields(OutputLayerConfig) if f.name != "output_layer"]
     for name in config_fields:
         check_option(name in names, "with_output_layer keyword", name,
-                     "frequent_token_ids, token_counts, chunk_tokens, or a field of "
-                     f"OutputLayerConfig: {', '.join(names)}")
+                     "frequent_token_ids, token_counts, chunk_tokens, compile_output_layer, or "
+                     f"a field of OutputLayerConfig: {', '.join(names)}")
     return OutputLayerConfig(output_layer=output_layer, **config_fields)
 
 
@@ -324,7 +330,8 @@ def attach_head(model, head: OutputLayerHead):
 
 
 def with_output_layer(model, output_layer: str = "mixtape", frequent_token_ids=None,
-                      token_counts=None, chunk_tokens: Optional[int] = None, **config_fields):
+                      token_counts=None, chunk_tokens: Optional[int] = None,
+                      compile_output_layer: bool = False, **config_fields):
     """Put the output layer ``output_layer`` (softmax, mos, mixtape, sigsoftmax, mos_sigsoftmax)
     on the ``transformers`` causal LM ``model`` in place of its ``lm_head``; returns the model,
     changed in place (its class becomes a subclass with this module's forward, see the module
@@ -336,6 +343,8 @@ def with_output_layer(model, output_layer: str = "mixtape", frequent_token_ids=N
     frequent ids; with ``frequent_token_ids``, those ids (S = their number); with neither, the
     ids 0 .. S-1, right only where the ids are sorted by frequency. ``chunk_tokens``: target
     positions per chunk of the loss (``--output-chunk-tokens``; None: the core's default).
+    ``compile_output_layer``: run the layer through torch.compile (``compile_head``), in this
+    process only: it is not saved (``load_with_output_layer`` takes it again).
     """
     check_option(not isinstance(model, OutputLayerModel), "model", type(model).__name__,
                  "a stock transformers causal LM: this one has an output layer already")
@@ -369,9 +378,8 @@ def with_output_layer(model, output_layer: str = "mixtape", frequent_token_ids=N
     if given:
         check_option(frequent > 0, given[0], "given for a mixtape without own gates",
                      "mixtape with output_components >= 2 and mixtape_frequent_tokens > 0")
-    check_option(not (head.token_order is not None and cfg.compile_output_layer),
-                 "compile_output_layer", True, "False with a token order (token_counts or "
-                 "frequent_token_ids): the reordered layer runs eagerly")
+    if compile_output_layer:
+        compile_head(head)
     if isinstance(head.layer, Mixtape):      # S as a count: the saved config rebuilds the same S
         spec["output_layer"]["mixtape_frequent_tokens"] = frequent
     base = type(model)
@@ -381,6 +389,16 @@ def with_output_layer(model, output_layer: str = "mixtape", frequent_token_ids=N
     setattr(model.config, CONFIG_KEY, spec)
     attach_head(model, head)
     return model
+
+
+def compile_head(head: OutputLayerHead) -> None:
+    """``compile_output_layer=True``: from now on the head's layer runs through torch.compile
+    (``OutputLayer.compile_forward``). Refused for a head with a token order, whose reordered
+    layer runs eagerly."""
+    check_option(head.token_order is None, "compile_output_layer", True,
+                 "False with a token order (token_counts or frequent_token_ids): the reordered "
+                 "layer runs eagerly")
+    head.layer.compile_forward()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +415,9 @@ class OutputLayerModel:
         spec = getattr(config, CONFIG_KEY, None)
         check_option(isinstance(spec, dict), f"config.{CONFIG_KEY}", spec,
                      "the output layer's settings, as with_output_layer saves them")
+        # settings saved by earlier versions, under this version's names (saved so from now on)
+        spec = {**spec, "output_layer": upgraded_settings(spec["output_layer"])}
+        setattr(config, CONFIG_KEY, spec)
         attach_head(self, build_head(self, spec, loading=True))
 
     @property
@@ -573,10 +594,12 @@ def mark_saved_config(path: str):
         f.write("\n")
 
 
-def load_with_output_layer(path, **kwargs):
+def load_with_output_layer(path, compile_output_layer: bool = False, **kwargs):
     """The model that ``save_pretrained`` saved at ``path`` (a folder or a Hub repository),
     output layer included, exactly; ``kwargs`` go to ``from_pretrained`` (dtype, device_map,
-    revision, ...). Refuses a checkpoint without an output layer of this package."""
+    revision, ...). The layer runs eagerly, or through torch.compile with
+    ``compile_output_layer=True`` (``compile_head``), whatever the saving process did. Refuses a
+    checkpoint without an output layer of this package."""
     hub = {name: kwargs[name] for name in HUB_ARGUMENTS if name in kwargs}
     saved, _ = PretrainedConfig.get_config_dict(path, **hub)
     spec = saved.get(CONFIG_KEY)
@@ -587,7 +610,10 @@ def load_with_output_layer(path, **kwargs):
     base_type = spec["base_model_type"]
     config = CONFIG_MAPPING[base_type].from_dict({**saved, "model_type": base_type})
     base = stock_class(spec["base_architecture"], config)
-    return output_layer_class(base).from_pretrained(path, config=config, **kwargs)
+    model = output_layer_class(base).from_pretrained(path, config=config, **kwargs)
+    if compile_output_layer:
+        compile_head(model.get_output_embeddings())
+    return model
 
 
 def stock_class(name: str, config) -> type:

@@ -55,11 +55,12 @@ def token_losses(layer: OutputLayer, features: torch.Tensor, target: torch.Tenso
     log p = log_softmax(scores) in float32, as fairseq's ``get_normalized_probs`` computes it
     (for mixtures, whose scores are log-probabilities, the identity up to rounding). Every layer's
     scores are finite, so log p is finite and the smoothing sum never meets -inf. A layer with
-    ``target_log_probs`` (MoS) gives log p(target) through it where neither the smoothing sum nor
-    the prediction is asked for: the same numbers up to rounding, without the (b, T, V) mixture.
+    ``direct_target_log_probs`` (MoS) gives log p(target) through its ``target_log_probs`` where
+    neither the smoothing sum nor the prediction is asked for: the same numbers up to rounding,
+    without the (b, T, V) mixture.
     """
     pad = target.eq(padding_idx)
-    if hasattr(layer, "target_log_probs") and not (smooth or predict):  # MoS: no (b, T, V)
+    if layer.direct_target_log_probs and not (smooth or predict):  # MoS: no (b, T, V)
         nll = -layer.target_log_probs(features, target).float().masked_fill(pad, 0.0)
         return TokenLosses(nll, None, None)
     lprobs = F.log_softmax(layer.forward(features).float(), dim=-1)  # (b, T, V), eager layer

@@ -196,3 +196,34 @@ def build(family: str, layer: str, *extra: str, tied=True):
     args = parse(family, layer, *extra, tied=tied)
     task = task_on(args, tiny_dictionary())
     return task, task.build_model(model_config(args))
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def with_saved_flags(checkpoint: Path, folder: Path, **flags) -> Path:
+    """A copy of ``checkpoint`` in ``folder`` whose saved model flags (``cfg.model``: a dict, or
+    an LSTM's argparse namespace) hold ``flags``, as if it had been saved with them; a value
+    None removes the flag (a checkpoint saved before it existed)."""
+    with fairseq_checkpoint_classes():
+        state = torch.load(checkpoint)
+    saved = state["cfg"]["model"]
+    saved = saved if isinstance(saved, dict) else vars(saved)
+    for name, value in flags.items():
+        if value is None:
+            saved.pop(name, None)
+        else:
+            saved[name] = value
+    path = Path(folder) / checkpoint.name
+    torch.save(state, path)
+    return path
+
+
+def load_checkpoint(path: Path, data: Path, **overrides):
+    """(model in eval mode, cfg) of a fairseq checkpoint, as fairseq-generate and fairseq-eval-lm
+    load it (``load_model_ensemble_and_task``), with ``overrides`` as --model-overrides."""
+    from fairseq import checkpoint_utils
+
+    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task(
+        [str(path)], arg_overrides={"data": str(data), **overrides})
+    return models[0].eval(), cfg

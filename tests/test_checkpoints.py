@@ -127,3 +127,56 @@ def test_training_resumes_from_a_checkpoint_of_the_projection_wiring(family, tmp
     model_cfg = model_cfg if isinstance(model_cfg, dict) else vars(model_cfg)  # LSTM: Namespace
     assert model_cfg["output_layer_reads"] == "projection"
     assert f"decoder.{STOCK_PROJECTION[family]}.weight" in state["model"]
+
+
+# Checkpoints saved before --output-context-dropout: their configs hold the former names
+# (0.1's transformer_lm only mos_context_dropout; later ones mixtape_context_dropout too), and
+# each layer read its own: MoS mos_context_dropout, Mixtape mixtape_context_dropout.
+FORMER_NAMES = [  # (fixture, its data folder, the saved former names, the layer's dropout)
+    ("legacy/mos.pt", dict(mos_context_dropout=0.29), 0.29),
+    ("projection_wiring/transformer_lm_mos.pt",
+     dict(mos_context_dropout=0.29, mixtape_context_dropout=0.1), 0.29),
+    ("projection_wiring/transformer_lm_mixtape.pt",
+     dict(mos_context_dropout=0.1, mixtape_context_dropout=0.29), 0.29),
+    ("projection_wiring/lstm_lm_mos_sigsoftmax.pt",       # an argparse namespace
+     dict(mos_context_dropout=0.29, mixtape_context_dropout=0.0), 0.29),
+    ("projection_wiring/lstm_lm_mixtape.pt",
+     dict(mos_context_dropout=0.29, mixtape_context_dropout=0.0), 0.0),
+    ("projection_wiring/transformer_lm_control.pt",      # mixtape, K = 1
+     dict(mos_context_dropout=0.0, mixtape_context_dropout=0.29), 0.29),
+]
+
+
+@pytest.mark.parametrize("fixture,former,dropout", FORMER_NAMES)
+def test_saved_former_context_dropout_names_load_as_the_layer_read_them(fixture, former,
+                                                                        dropout, tmp_path):
+    """A checkpoint whose saved config holds the context dropout under the former names loads
+    with the value its layer read then, and scores as before (dropout is off in eval)."""
+    from helpers import FIXTURES, load_checkpoint, with_saved_flags
+
+    source = FIXTURES / fixture
+    path = with_saved_flags(source, tmp_path, output_context_dropout=None, **former)
+    model, cfg = load_checkpoint(path, source.parent)
+    layer = output_layer_of(model)
+    assert layer.context_dropout == dropout
+    expected = torch.load(source.parent / "expected_scores.pt")
+    with torch.no_grad():
+        scores = model(expected["tokens"])[0]
+    torch.testing.assert_close(scores, expected[source.stem], rtol=1e-5, atol=1e-5)
+    assert cfg.model.output_context_dropout == dropout   # what a later save records
+    assert cfg.model.mos_context_dropout is cfg.model.mixtape_context_dropout is None
+
+
+def test_former_names_reach_a_model_built_by_its_own_name(tmp_path):
+    """A dataclass model's config (transformer_lm's) is merged into its dataclass on loading,
+    where its model's name is the architecture: the former name is read there too, and a former
+    name loaded by load_model_ensemble as by load_model_ensemble_and_task."""
+    from fairseq import checkpoint_utils
+
+    from helpers import with_saved_flags
+
+    path = with_saved_flags(LEGACY / "mos.pt", tmp_path, mos_context_dropout=0.29,
+                            mixtape_context_dropout=0.0, _name="transformer_lm_with_output_layer")
+    models, _ = checkpoint_utils.load_model_ensemble([str(path)],
+                                                     arg_overrides={"data": str(LEGACY)})
+    assert output_layer_of(models[0]).context_dropout == 0.29

@@ -17,8 +17,10 @@ from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq_cli import eval_lm, generate
 
-from helpers import (FAMILIES, LAYERS, TRAIN_FLAGS, USER_DIR, fairseq_train, make_lm_data,
-                     make_mt_data)
+from fairseq_mixtape.models import output_layer_of
+from fairseq_mixtape.output_layers import OutputLayer
+from helpers import (FAMILIES, LAYERS, TRAIN_FLAGS, USER_DIR, fairseq_train, load_checkpoint,
+                     make_lm_data, make_mt_data, with_saved_flags)
 
 pytestmark = pytest.mark.slow  # fairseq-train and the other tools, end to end
 BIN = Path(sys.executable).parent
@@ -91,6 +93,35 @@ def console(tool, *argv, stdin=None):
                           timeout=300, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": ""})
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
+
+
+def test_former_flag_names_and_compiling_through_the_tools(data, tmp_path, monkeypatch):
+    """fairseq-train with --mos-context-dropout 0.29 (the flag's name before 0.3.0) trains MoS
+    with context dropout 0.29, saves it as output_context_dropout and resumes with the same
+    command; loaded, the layer has it. fairseq-eval-lm runs a checkpoint whose flags say
+    compile_output_layer (saved by a compiled run) eagerly, and compiles it where
+    --model-overrides asks."""
+    lm = data["language_modeling"]
+    save_dir = tmp_path / "checkpoints"
+    state = fairseq_train(lm, "transformer_lm", "mos", save_dir, 1,
+                          "--mos-context-dropout", "0.29")
+    saved = state["cfg"]["model"]
+    assert (saved["output_context_dropout"], saved["mos_context_dropout"]) == (0.29, None)
+    resumed = fairseq_train(lm, "transformer_lm", "mos", save_dir, 2,
+                            "--mos-context-dropout", "0.29")
+    assert resumed["optimizer_history"][-1]["num_updates"] == 2
+    model, _ = load_checkpoint(save_dir / "checkpoint_last.pt", lm)
+    assert output_layer_of(model).context_dropout == 0.29
+    compiled = []  # the context dropout of each layer compiled
+    monkeypatch.setattr(OutputLayer, "compile_forward",
+                        lambda layer: compiled.append(layer.context_dropout) or layer)
+    path = with_saved_flags(save_dir / "checkpoint_last.pt", tmp_path, compile_output_layer=True)
+    for overrides, expected in (("{}", []), ("{'compile_output_layer': True}", [0.29])):
+        results = run(options.get_eval_lm_parser(), eval_lm.main,
+                      [str(lm), "--user-dir", USER_DIR, "--path", str(path), "--gen-subset",
+                       "valid", "--cpu", "--tokens-per-sample", "16", "--max-tokens", "400",
+                       "--num-workers", "0", "--model-overrides", overrides])
+        assert compiled == expected and 1 < results["perplexity"] < 200
 
 
 def test_stock_transformer_with_the_plugin_loaded(data, tmp_path):

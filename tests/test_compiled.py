@@ -19,8 +19,9 @@ from fairseq_mixtape.criterions.cross_entropy import (
     OutputLayerCrossEntropyCriterion, OutputLayerLabelSmoothedCrossEntropyCriterion)
 from fairseq_mixtape.models.wiring import output_layer_of
 from fairseq_mixtape.output_layers import OUTPUT_LAYERS
-from helpers import (LAYERS, TINY_TRANSFORMER, assert_same_gradient, batch, build_from_args,
-                     build_model, make_mt_data)
+from helpers import (FIXTURES, LAYERS, TINY_TRANSFORMER, assert_same_gradient, batch,
+                     build_from_args, build_model, load_checkpoint, make_mt_data,
+                     with_saved_flags)
 
 SHAPES = [(3, 7), (5, 2), (1, 11), (4, 9)]  # (batch, length) as fairseq's batches vary
 
@@ -198,7 +199,7 @@ def test_compiled_regularisers_are_deterministic_for_a_seed(translation):
     (finite loss, gradients), the same seed gives the same loss and gradients, another seed
     another loss."""
     task = translation.task
-    model = build_model(translation, mixtape_context_dropout=0.3, mixtape_gate_dropout=0.3,
+    model = build_model(translation, output_context_dropout=0.3, mixtape_gate_dropout=0.3,
                         mixtape_gate_noise=0.5)
     model.train()
     sample = batch(task, size=6)
@@ -213,3 +214,23 @@ def test_compiled_regularisers_are_deterministic_for_a_seed(translation):
         assert torch.isfinite(grad).all() and torch.equal(grad, runs[1][2][name]), name
     assert not torch.equal(runs[0][0], runs[2][0])
     assert output_layer_of(model).compiled_forward.failure is None
+
+
+@pytest.mark.parametrize("fixture", ["projection_wiring/transformer_lm_mixtape.pt",
+                                     "projection_wiring/lstm_lm_mos.pt", "legacy/mos.pt"])
+def test_a_checkpoint_runs_eagerly_unless_its_loading_asks_to_compile(fixture, tmp_path):
+    """--compile-output-layer is each run's choice, not the model's: a checkpoint whose saved
+    flags hold it (saved by a compiled training run) loads eager, as fairseq-generate and
+    fairseq-eval-lm load it; --model-overrides "{'compile_output_layer': True}" compiles it, also
+    a checkpoint saved without the flag."""
+    source = FIXTURES / fixture
+    compiled_run = with_saved_flags(source, tmp_path, compile_output_layer=True)
+    model, cfg = load_checkpoint(compiled_run, source.parent)
+    assert output_layer_of(model).compiled_forward is None
+    assert cfg.model.compile_output_layer is False          # what a later save records
+    (tmp_path / "without").mkdir()
+    without = with_saved_flags(source, tmp_path / "without", compile_output_layer=None)
+    for path in (compiled_run, without):
+        model, cfg = load_checkpoint(path, source.parent, compile_output_layer=True)
+        assert output_layer_of(model).compiled_forward is not None
+        assert cfg.model.compile_output_layer is True

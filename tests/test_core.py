@@ -2,6 +2,7 @@
 second time in a virtual environment without fairseq (.ci/run), where the package imports only
 the core; here, beside fairseq, the same layers are built through the same API."""
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 import fairseq_mixtape
 from fairseq_mixtape import OUTPUT_LAYERS, OutputLayerConfig, build_output_layer
+from fairseq_mixtape.output_layers import upgraded_settings
 from fairseq_mixtape.losses import chunked_token_losses
 
 FAIRSEQ_INSTALLED = importlib.util.find_spec("fairseq") is not None
@@ -69,6 +71,30 @@ def test_every_layer_builds_normalises_and_trains_a_step(name):
 def test_bad_value_names_the_option():
     with pytest.raises(ValueError, match=r"--output-components \(K\): got 3"):
         build_output_layer(OutputLayerConfig(output_layer="mixtape", output_components=3), C, V)
+
+
+SAVED_BEFORE_THE_RENAME = dict(mos_context_dropout=0.29, mixtape_context_dropout=0.1,
+                               compile_output_layer=True)
+
+
+@pytest.mark.parametrize("name,dropout", [("mos", 0.29), ("mos_sigsoftmax", 0.29),
+                                          ("mixtape", 0.1), ("softmax", 0.0), ("sigsoftmax", 0.0)])
+def test_settings_saved_under_former_names_read_as_their_layer_read_them(name, dropout):
+    """A config saved before --output-context-dropout holds MoS's and Mixtape's own names of it
+    (and compile_output_layer, now chosen by each run): each layer gets the one it read."""
+    saved = {**dataclasses.asdict(OutputLayerConfig(output_layer=name)),
+             **SAVED_BEFORE_THE_RENAME}
+    del saved["output_context_dropout"]
+    upgraded = upgraded_settings(saved)
+    assert not set(SAVED_BEFORE_THE_RENAME) & set(upgraded)
+    cfg = OutputLayerConfig(**upgraded)
+    assert cfg.output_context_dropout == dropout
+    if dropout:
+        assert layer_of(name, output_context_dropout=cfg.output_context_dropout
+                        ).context_dropout == dropout
+    # a config saved with the setting's name keeps it
+    assert upgraded_settings({**saved, "output_context_dropout": 0.2})[
+        "output_context_dropout"] == 0.2
 
 
 def test_core_modules_do_not_import_fairseq():

@@ -211,11 +211,11 @@ def test_chunks_bound_peak_memory_in_forward_and_backward(parsed):
     assert_same(*results)
 
 
-MIXTAPE_REGULARISERS = dict(mixtape_context_dropout=0.3, mixtape_gate_dropout=0.3,
+MIXTAPE_REGULARISERS = dict(output_context_dropout=0.3, mixtape_gate_dropout=0.3,
                             mixtape_gate_noise=0.5)
 
 
-@pytest.mark.parametrize("layer,options", [("mos", dict(mos_context_dropout=0.5)),
+@pytest.mark.parametrize("layer,options", [("mos", dict(output_context_dropout=0.5)),
                                            ("mixtape", MIXTAPE_REGULARISERS)])
 def test_random_draws_are_recomputed_identically(parsed, layer, options):
     """Backward recomputes each checkpointed chunk with the RNG state of its forward pass: the

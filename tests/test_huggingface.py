@@ -313,6 +313,45 @@ def test_save_and_load_round_trip_exactly(tmp_path, name, tied, options):
                        model.generate(prompt, max_new_tokens=4, do_sample=False))
 
 
+def test_compiling_is_chosen_by_each_process_and_not_saved(tmp_path):
+    """compile_output_layer=True compiles the layer where it is given (with_output_layer,
+    load_with_output_layer), and config.json does not hold it: a loaded model runs eagerly
+    unless its loading asks."""
+    model = tiny_with("mos", compile_output_layer=True, output_context_dropout=0.29)
+    assert model.output_layer.compiled_forward is not None
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())[CONFIG_KEY]["output_layer"]
+    assert "compile_output_layer" not in saved and saved["output_context_dropout"] == 0.29
+    assert load_with_output_layer(tmp_path).output_layer.compiled_forward is None
+    assert load_with_output_layer(
+        tmp_path, compile_output_layer=True).output_layer.compiled_forward is not None
+
+
+@pytest.mark.parametrize("name,dropout", [("mos", 0.29), ("mixtape", 0.1)])
+def test_a_config_saved_under_the_former_names_loads_as_saved(tmp_path, name, dropout):
+    """config.json of an earlier version: the context dropout under MoS's and Mixtape's former
+    names, and compile_output_layer. Each layer reads its own name, runs eagerly, and gives
+    the scores it gave when saved; saved again, the config holds the setting's name alone."""
+    model = tiny_with(name).eval()
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    settings = saved[CONFIG_KEY]["output_layer"]
+    today = dict(settings)
+    del settings["output_context_dropout"]
+    settings.update(mos_context_dropout=0.29, mixtape_context_dropout=0.1,
+                    compile_output_layer=True)
+    path.write_text(json.dumps(saved))
+    loaded = load_with_output_layer(tmp_path).eval()
+    assert loaded.output_layer.context_dropout == dropout
+    assert loaded.output_layer.compiled_forward is None
+    ids = batch()
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    loaded.save_pretrained(tmp_path / "again")                 # saved under today's names
+    resaved = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert resaved[CONFIG_KEY]["output_layer"] == {**today, "output_context_dropout": dropout}
+
+
 def test_the_stock_loaders_refuse_the_checkpoint_naming_the_loader(tmp_path):
     tiny_with("mixtape").save_pretrained(tmp_path)
     for load in (AutoModelForCausalLM.from_pretrained, AutoConfig.from_pretrained):
@@ -409,6 +448,10 @@ def test_without_counts_or_ids_the_first_ids_own_the_gates():
     (dict(frequent_token_ids=[1, 2], mixtape_frequent_tokens=3), "number of frequent_token_ids"),
     (dict(token_counts=torch.rand(V), output_components=1), "without own gates"),
     (dict(output_component=4), "with_output_layer keyword: got 'output_component'"),
+    (dict(mos_context_dropout=0.29), "with_output_layer keyword: got 'mos_context_dropout'.*"
+                                     "output_context_dropout"),
+    (dict(token_counts=torch.rand(V), compile_output_layer=True),
+     "compile_output_layer: got True; allowed: False with a token order"),
 ])
 def test_wrong_settings_are_refused_by_name(options, message):
     options = {"output_layer": "mixtape", **options}

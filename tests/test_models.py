@@ -9,7 +9,8 @@ from fairseq.models import ARCH_MODEL_REGISTRY
 
 from fairseq_mixtape.models import lstm, output_layer_of, transformer, transformer_lm
 from fairseq_mixtape.models.wiring import PRESET_LAYERS
-from helpers import FAMILIES, LAYERS, build, parse
+from fairseq_mixtape_tools.building import model_config, parse_train_args, task_on
+from helpers import FAMILIES, LAYERS, build, parse, tiny_dictionary
 
 ALL_PRESETS = transformer.PRESETS + lstm.PRESETS + transformer_lm.PRESETS + ["lstm_lm"]
 
@@ -51,14 +52,61 @@ def test_context_scale_flag_reaches_the_layer(family):
 def test_regulariser_flags_reach_the_layers():
     mixtape = output_layer_of(build("transformer", "mixtape")[1])
     assert (mixtape.context_dropout, mixtape.gate_dropout, mixtape.gate_noise) == (0, 0, 0)
-    _, model = build("transformer", "mixtape", "--mixtape-context-dropout", "0.3",
+    _, model = build("transformer", "mixtape", "--output-context-dropout", "0.3",
                      "--mixtape-gate-dropout", "0.2", "--mixtape-gate-noise", "0.5")
     mixtape = output_layer_of(model)
     assert (mixtape.context_dropout, mixtape.gate_dropout, mixtape.gate_noise) == (0.3, 0.2, 0.5)
-    mos = output_layer_of(build("lstm_lm", "mos", "--mos-context-dropout", "0.29")[1])
+    mos = output_layer_of(build("lstm_lm", "mos", "--output-context-dropout", "0.29")[1])
     assert mos.context_dropout == 0.29
     with pytest.raises(ValueError, match="--mixtape-gate-noise: got -1.0"):
         build("transformer_lm", "mixtape", "--mixtape-gate-noise", "-1")
+
+
+@pytest.mark.parametrize("family,layer,former", [
+    ("transformer", "mos", "--mos-context-dropout"),
+    ("lstm_lm", "mos_sigsoftmax", "--mos-context-dropout"),
+    ("transformer_lm", "mixtape", "--mixtape-context-dropout"),
+    ("lstm", "mixtape", "--mos-context-dropout")])
+def test_former_context_dropout_flags_are_aliases(family, layer, former):
+    """--mos-context-dropout and --mixtape-context-dropout, the names of the context dropout
+    before --output-context-dropout, set it, for every layer with context vectors; the parsed
+    flags (what a checkpoint saves) hold it under its name alone."""
+    args = parse(family, layer, former, "0.29")
+    assert args.output_context_dropout == 0.29
+    assert args.mos_context_dropout is args.mixtape_context_dropout is None
+    assert output_layer_of(build(family, layer, former, "0.29")[1]).context_dropout == 0.29
+    assert parse(family, layer).output_context_dropout == 0.0          # given under no name
+    same = parse(family, layer, former, "0.29", "--output-context-dropout", "0.29")
+    assert same.output_context_dropout == 0.29
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--output-context-dropout", "0.1", "--mos-context-dropout", "0.29"],
+     "--output-context-dropout and --mos-context-dropout: got (0.1, 0.29)"),
+    (["--mixtape-context-dropout", "0.3", "--mos-context-dropout", "0.29"],
+     "--mos-context-dropout and --mixtape-context-dropout: got (0.29, 0.3)"),
+    (["--mixtape-context-dropout", "0", "--output-context-dropout", "0.29"],
+     "--output-context-dropout and --mixtape-context-dropout: got (0.29, 0.0)")])
+def test_two_names_of_the_context_dropout_with_different_values_are_refused(flags, named):
+    with pytest.raises(ValueError) as error:
+        parse("transformer", "mixtape", *flags)
+    assert str(error.value) == (
+        f"{named}; allowed: one value: --mos-context-dropout and --mixtape-context-dropout are "
+        "former names of --output-context-dropout")
+
+
+def test_former_name_reaches_a_model_built_by_its_own_name():
+    """A dataclass model named by its model's name (--arch transformer_lm_with_output_layer,
+    no preset) reads the former name where it is built; two values are refused there too."""
+    argv = ["unused-data-dir", "--task", "language_modeling", "--arch",
+            "transformer_lm_with_output_layer", "--output-layer", "mos", "--cpu",
+            *FAMILIES["transformer_lm"][2], "--mos-context-dropout", "0.29"]
+    args = parse_train_args(argv)
+    task = task_on(args, tiny_dictionary())
+    assert output_layer_of(task.build_model(model_config(args))).context_dropout == 0.29
+    args = parse_train_args([*argv, "--output-context-dropout", "0.1"])
+    with pytest.raises(ValueError, match="--output-context-dropout and --mos-context-dropout"):
+        task.build_model(model_config(args))
 
 
 @pytest.mark.parametrize("layer", LAYERS)

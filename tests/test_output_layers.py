@@ -158,7 +158,7 @@ def assert_one_mask_per_sequence(dropped, kept, p):
 
 @pytest.mark.parametrize("name", ["mos", "mixtape"])
 def test_context_dropout_one_mask_per_sequence_shared_over_time(name):
-    layer = build(name, output_components=4, **{f"{name}_context_dropout": 0.5})
+    layer = build(name, output_components=4, output_context_dropout=0.5)
     assert layer.context_dropout == 0.5
     g = torch.randn(6, 9, C)                  # other features at every time step
     torch.manual_seed(0)
@@ -169,7 +169,7 @@ def test_context_dropout_one_mask_per_sequence_shared_over_time(name):
 
 
 # ---------------------------------------------------------------------------------- Mixtape's regularisers
-REGULARISERS = dict(mixtape_context_dropout=0.3, mixtape_gate_dropout=0.3, mixtape_gate_noise=0.5)
+REGULARISERS = dict(output_context_dropout=0.3, mixtape_gate_dropout=0.3, mixtape_gate_noise=0.5)
 
 
 def build_mixtape(first_target=0, **options):
@@ -214,7 +214,7 @@ def test_mixtape_regularised_shortcut_equals_naive_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("options", [
-    dict(mixtape_context_dropout=0.3), dict(mixtape_gate_dropout=0.3),
+    dict(output_context_dropout=0.3), dict(mixtape_gate_dropout=0.3),
     dict(mixtape_gate_noise=0.5), REGULARISERS])
 def test_mixtape_regularisers_are_train_only(options):
     torch.manual_seed(0)
@@ -259,8 +259,8 @@ def test_mixtape_gate_noise_has_the_right_std(monkeypatch):
 
 
 @pytest.mark.parametrize("option,value,allowed", [
-    ("mixtape_context_dropout", 1.0, "a probability in [0, 1)"),
-    ("mixtape_context_dropout", -0.1, "a probability in [0, 1)"),
+    ("output_context_dropout", 1.0, "a probability in [0, 1)"),
+    ("output_context_dropout", -0.1, "a probability in [0, 1)"),
     ("mixtape_gate_dropout", float("nan"), "a probability in [0, 1)"),
     ("mixtape_gate_dropout", 1.5, "a probability in [0, 1)"),
     ("mixtape_gate_noise", -0.5, "a finite number >= 0"),
@@ -326,6 +326,30 @@ def test_target_log_probs_are_the_mixture_at_the_targets(name):
 
 
 # ---------------------------------------------------------------------------------- all layers
+RETURN_LOG_PROBS = ("mos", "mos_sigsoftmax")  # the others return logits
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_each_layer_declares_what_it_returns_and_gives_the_targets_log_probs(name):
+    """Each layer declares (in its own class) whether ``forward`` returns log p or logits and
+    whether ``target_log_probs`` skips the (..., V) distribution: the MoS layers do both. Every
+    layer's ``target_log_probs`` is log_softmax(forward) at the targets."""
+    cls = OUTPUT_LAYERS[name]
+    assert {"scores_are_log_probs", "direct_target_log_probs"} <= set(vars(cls))
+    assert cls.scores_are_log_probs is cls.direct_target_log_probs is (name in RETURN_LOG_PROBS)
+    layer = build(name, output_components=2, output_bias=True).double().eval()
+    g = torch.randn(3, 4, C, dtype=torch.float64) * 2
+    target = torch.randint(0, V, (3, 4))
+    scores = layer(g)
+    if layer.scores_are_log_probs:
+        assert torch.allclose(scores.logsumexp(-1), torch.zeros(3, 4, dtype=torch.float64),
+                              rtol=0, atol=1e-12)
+    else:  # logits: not normalised
+        assert not torch.allclose(scores.logsumexp(-1), torch.zeros(3, 4, dtype=torch.float64))
+    expected = log_probs(layer, g).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(layer.target_log_probs(g, target), expected, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_gradcheck_float64(name):
     layer = build(name, input_dim=4, num_tokens=9, output_components=2, mixtape_gate_dim=3,
@@ -406,14 +430,16 @@ def test_half_precision_inputs_normalise_in_float32(name, dtype):
     (dict(output_layer="mos", output_components=True), "--output-components", "integer >= 1"),
     (dict(output_layer="mixtape", output_components=2.0), "--output-components", "power of two"),
     (dict(output_layer="mixtape", mixtape_frequent_tokens=True), "--mixtape-frequent-tokens", "fraction"),
-    (dict(output_layer="mos", mos_context_dropout=1.0), "--mos-context-dropout", "[0, 1)"),
+    (dict(output_layer="mos", output_context_dropout=1.0), "--output-context-dropout", "[0, 1)"),
     (dict(output_layer="mixtape", output_context_scale=0.0), "--output-context-scale", "> 0"),
     (dict(output_layer="mos", output_context_scale=-4.0), "--output-context-scale", "> 0"),
     (dict(output_layer="mos_sigsoftmax", output_context_scale=float("nan")), "--output-context-scale", "finite"),
     (dict(output_layer="mixtape", output_context_scale=float("inf")), "--output-context-scale", "finite"),
     (dict(output_layer="sigsoftmax", output_context_scale=4.0), "--output-context-scale", "no context vectors"),
-    (dict(output_layer="mos", mos_context_dropout=-0.1), "--mos-context-dropout", "[0, 1)"),
-    (dict(output_layer="mos_sigsoftmax", mos_context_dropout=float("nan")), "--mos-context-dropout", "[0, 1)"),
+    (dict(output_layer="mos", output_context_dropout=-0.1), "--output-context-dropout", "[0, 1)"),
+    (dict(output_layer="mos_sigsoftmax", output_context_dropout=float("nan")), "--output-context-dropout", "[0, 1)"),
+    (dict(output_layer="softmax", output_context_dropout=0.3), "--output-context-dropout", "no context vectors"),
+    (dict(output_layer="sigsoftmax", output_context_dropout=0.3), "--output-context-dropout", "no context vectors"),
 ])
 def test_bad_configuration_names_the_option(options, flag, allowed):
     with pytest.raises(ValueError) as error:

@@ -30,7 +30,7 @@ Options:
 $TRAIN_OPTIONS_HELP
   -h, --help            this help
 
-With a mos layer, the PTB presets add the MoS paper's --mos-context-dropout 0.29.
+With a mos layer, the PTB presets add the MoS paper's --output-context-dropout 0.29.
 --tiny: a 1-layer model of width 32 (LSTM) / 2 layers of width 64 (Transformer) on CPU,
 200 updates (or --max-update). SAVE_DIR defaults to checkpoints/<preset>_<layer>.
 Everything after -- goes to fairseq-train as is (e.g. -- --output-components 8).
@@ -120,7 +120,7 @@ case "$PRESET" in
     SAVE_ARGS=(--save-interval-updates 10000 --keep-interval-updates 5) ;;
   *) usage >&2; die "--preset must be ptb-lstm, ptb-transformer, wikitext-103 or gbw" ;;
 esac
-if [[ $PRESET == ptb-* && $SUFFIX == _mos ]]; then LAYER_ARGS+=(--mos-context-dropout 0.29); fi
+if [[ $PRESET == ptb-* && $SUFFIX == _mos ]]; then LAYER_ARGS+=(--output-context-dropout 0.29); fi
 
 if (( TINY )); then
   CPU=1 LOG_INTERVAL=1 MAX_EPOCH=0

@@ -1,5 +1,6 @@
-"""What every model family shares: the flags, the P_mixtape / P_mos presets, and putting the
-output layer in the place of a stock decoder's output projection.
+"""What every model family shares: the flags, the P_mixtape / P_mos presets, putting the
+output layer in the place of a stock decoder's output projection, and reading the flags that
+checkpoints of earlier versions saved.
 
 A family's model class is ``WithOutputLayer`` + fairseq's stock class: it builds the stock
 model, then ``attach_output_layer``; it adds nothing else (but, for LSTMs, fairseq's
@@ -8,6 +9,7 @@ model, then ``attach_output_layer``; it adds nothing else (but, for LSTMs, fairs
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from typing import Iterable, Optional
 
@@ -19,9 +21,10 @@ from fairseq.models.lstm import LSTMDecoder
 from fairseq.utils import safe_getattr, safe_hasattr
 from omegaconf import OmegaConf, open_dict
 
-from ..output_layers import OUTPUT_LAYERS, OutputLayer, build_output_layer
+from ..output_layers import (OUTPUT_LAYERS, RENAMED_SETTINGS, OutputLayer, OutputLayerConfig,
+                             build_output_layer, upgraded_settings)
 from ..output_layers.base import ContextMixture, check_option
-from .flags import WIRINGS, OutputLayerFlags
+from .flags import WIRINGS, OutputLayerFlags, flag_name, former_names
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class WithOutputLayer:
 
     @classmethod
     def build_model(cls, args, task):
+        merge_former_names(args)
         model = super().build_model(args, task)
         attach_output_layer(model.decoder, args, cls.features_dim(model, args))
         model.output_layer_args = args  # to rebuild the layer for an older checkpoint's wiring
@@ -61,10 +65,29 @@ def add_output_layer_args(parser):
 
 
 def set_output_layer_defaults(args, layer: str):
+    merge_former_names(args)
     args.output_layer = safe_getattr(args, "output_layer", layer)
     for field in dataclasses.fields(OutputLayerFlags):
         if not safe_hasattr(args, field.name) or getattr(args, field.name) is None:
             setattr(args, field.name, field.default)
+
+
+def merge_former_names(args) -> None:
+    """A renamed setting given under its flag or its former names (``--output-context-dropout``,
+    ``--mos-context-dropout``, ``--mixtape-context-dropout``) takes the value given, for every
+    layer; given under two of them with different values, it is refused, naming both. Then the
+    former names are unset (None) and the setting holds the value, or its default where none was
+    given. Runs where the flags are parsed (the presets) and where a model is built."""
+    for name in dict.fromkeys(renamed.name for renamed in RENAMED_SETTINGS.values()):
+        names = [name, *former_names(name)]
+        given = {key: safe_getattr(args, key, None) for key in names
+                 if safe_getattr(args, key, None) is not None}
+        check_option(len(set(given.values())) <= 1, " and ".join(map(flag_name, given)),
+                     tuple(given.values()),
+                     f"one value: {' and '.join(map(flag_name, names[1:]))} are former names "
+                     f"of {flag_name(name)}")
+        value = next(iter(given.values()), OutputLayerConfig.__dataclass_fields__[name].default)
+        set_config(args, **{name: value}, **dict.fromkeys(names[1:]))
 
 
 def register_presets(model_name: str, presets: Iterable[str]):
@@ -127,6 +150,8 @@ def install_output_layer(decoder, args, input_dim: int, embed_dim: int):
     dictionary = decoder.dictionary
     layer = build_output_layer(args, input_dim, len(dictionary), embed_weight, embed_dim,
                                first_target=first_target(dictionary))
+    if safe_getattr(args, "compile_output_layer", False):
+        layer.compile_forward()
     if getattr(layer, "frequent", 0) > 0:
         check_gate_slots_seen(dictionary, layer.frequent_ids)
         warn_if_not_frequency_sorted(dictionary, layer.frequent_ids)
@@ -205,6 +230,70 @@ def keep_checkpoint_wiring(model, state_dict, model_cfg) -> None:
     args = set_config(model_cfg if model_cfg is not None else model.output_layer_args,
                       output_layer_reads="projection")
     install_output_layer(decoder, args, layer.embed_dim, layer.embed_dim).to(layer.weight)
+
+
+def upgrade_saved_flags(model_cfg, overrides: Optional[dict] = None) -> None:
+    """A checkpoint's saved model flags (its ``cfg.model``, or an older checkpoint's argparse
+    namespace), in place, as this version reads them:
+
+    - saved before a setting was renamed (without the setting's name), the setting takes the
+      value of the former name that the saved layer read (``upgraded_settings``: MoS
+      ``mos_context_dropout``, Mixtape ``mixtape_context_dropout``); the former names are unset;
+    - ``compile_output_layer`` is the loading run's choice, ``overrides`` (fairseq's
+      ``arg_overrides``, ``--model-overrides``), False where it does not ask: not the training
+      run's, which the checkpoint saved."""
+    names = dict.fromkeys(renamed.name for renamed in RENAMED_SETTINGS.values())
+    missing = [name for name in names if not has_key(model_cfg, name)]  # saved before the rename
+    formers = [former for name in missing for former in former_names(name)
+               if has_key(model_cfg, former)]
+    saved = {key: getattr(model_cfg, key) for key in ("output_layer", *formers)
+             if has_key(model_cfg, key)}
+    upgraded = upgraded_settings(saved)
+    set_config(model_cfg, **{name: upgraded[name] for name in missing if name in upgraded},
+               **dict.fromkeys(formers),
+               compile_output_layer=bool((overrides or {}).get("compile_output_layer", False)))
+
+
+def has_key(cfg, key: str) -> bool:
+    """Whether ``cfg`` (an OmegaConf config or an argparse namespace) holds ``key``."""
+    return key in cfg if OmegaConf.is_config(cfg) else hasattr(cfg, key)
+
+
+def saved_model_flags(state: dict):
+    """The saved model flags of a checkpoint's ``state`` that are this plugin's models': its
+    argparse namespace (older checkpoints) and its ``cfg.model``, those that name one of the
+    plugin's architectures."""
+    configs = [state.get("args"), (state.get("cfg") or {}).get("model")]
+    for cfg in configs:
+        arch = cfg is not None and (safe_getattr(cfg, "_name", None) or safe_getattr(cfg, "arch"))
+        if arch in ARCH_MODEL_REGISTRY and issubclass(ARCH_MODEL_REGISTRY[arch], WithOutputLayer):
+            yield cfg
+
+
+def read_saved_flags_on_load() -> None:
+    """fairseq's ``checkpoint_utils.load_checkpoint_to_cpu``, which every loading of a
+    checkpoint goes through (fairseq-generate, fairseq-eval-lm, fairseq-interactive,
+    ``load_model_ensemble`` and ``load_model_ensemble_and_task``, ``from_pretrained``,
+    fairseq-train's resume), passes the saved flags of the plugin's models through
+    ``upgrade_saved_flags`` before any model is built from them: fairseq would build a model of a
+    dataclass config without the keys its dataclass does not know, and pass the others on
+    unread. (fairseq-train builds the model it resumes from its command line, where the former
+    names are aliases: ``merge_former_names``.)"""
+    from fairseq import checkpoint_utils
+
+    load = checkpoint_utils.load_checkpoint_to_cpu
+    if getattr(load, "reads_saved_flags", False):
+        return
+
+    @functools.wraps(load)
+    def load_reading_saved_flags(path, arg_overrides=None, *args, **kwargs):
+        state = load(path, arg_overrides, *args, **kwargs)
+        for cfg in saved_model_flags(state):
+            upgrade_saved_flags(cfg, arg_overrides)
+        return state
+
+    load_reading_saved_flags.reads_saved_flags = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_reading_saved_flags
 
 
 def register_before(parent: nn.Module, name: str, module: nn.Module, before: str) -> None:

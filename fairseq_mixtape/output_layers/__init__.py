@@ -8,7 +8,7 @@ its fields, such as fairseq's argparse namespace). Needs torch alone: the fairse
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 from .base import OUTPUT_LAYERS, OutputLayer, check_option, register_output_layer
 from .softmax import Softmax  # noqa: I001  (import order = order of the --output-layer choices)
@@ -45,10 +45,11 @@ class OutputLayerConfig:
         metadata={"help": "mos, mos_sigsoftmax, mixtape: the context vectors' activation: tanh "
                           "(the papers' h_k = tanh(W_k g + e_k)) or linear (h_k = W_k g + e_k, "
                           "unbounded; opt-in, not the papers' layer)"})
-    mos_context_dropout: float = field(
+    output_context_dropout: float = field(
         default=0.0,
-        metadata={"help": "mos/mos_sigsoftmax: dropout on the K context vectors, one mask per "
-                          "sequence shared over time steps (the MoS paper's dropoutl; 0.29 on PTB)"})
+        metadata={"help": "mos, mos_sigsoftmax, mixtape: dropout on the K context vectors, one "
+                          "mask per sequence shared over time steps (the MoS paper's dropoutl; "
+                          "0.29 on PTB); training only"})
     mixtape_gate_dim: Optional[int] = field(
         default=None,
         metadata={"help": "mixtape: gate embedding size d1 of the frequent tokens' gates "
@@ -59,10 +60,6 @@ class OutputLayerConfig:
                           "frequency-sorted dictionary that can be targets: not <s> or <pad>) "
                           "that get their own gates; all others share one. A value in [0, 1) "
                           "is a fraction of the vocabulary, a whole number >= 1 a count"})
-    mixtape_context_dropout: float = field(
-        default=0.0,
-        metadata={"help": "mixtape: dropout on the K context vectors h_k, one mask per sequence "
-                          "shared over time steps (as --mos-context-dropout); training only"})
     mixtape_gate_dropout: float = field(
         default=0.0,
         metadata={"help": "mixtape: dropout on the frequent tokens' gate hidden layer "
@@ -73,20 +70,13 @@ class OutputLayerConfig:
         metadata={"help": "mixtape: standard deviation sigma of Gaussian noise N(0, sigma^2) "
                           "added to the gate logits before the sigmoids (the K-1 shared ones of "
                           "each position, and the S frequent tokens' own); training only"})
-    compile_output_layer: bool = field(
-        default=False,
-        metadata={"help": "run the output layer through torch.compile (dynamic shapes; "
-                          "where compiling fails, a warning, then the eager layer), and in the "
-                          "plugin criterions the layer, log-softmax and loss of each chunk; the "
-                          "same results and checkpoints as without it. Saved with the model's "
-                          "flags: generation and eval-lm compile too, unless --model-overrides "
-                          "\"{'compile_output_layer': False}\""})
 
 
 def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
                        embed_dim: Optional[int] = None, first_target: int = 0) -> OutputLayer:
     """The output layer named by ``cfg.output_layer``, configured from ``cfg``'s fields;
-    ``first_target`` is the first token id that can be a target (Mixtape's first gate slot)."""
+    ``first_target`` is the first token id that can be a target (Mixtape's first gate slot).
+    The layer runs eagerly; ``compile_forward()`` on it runs it through torch.compile."""
     name = getattr(cfg, "output_layer", "softmax")
     check_option(name in OUTPUT_LAYERS, "--output-layer", name, ", ".join(OUTPUT_LAYERS))
     layer = OUTPUT_LAYERS[name]
@@ -100,12 +90,50 @@ def build_output_layer(cfg, input_dim: int, num_tokens: int, embed_weight=None,
     scale = getattr(cfg, "output_context_scale", None)
     check_option(scale in (None, 1.0) or layer.default_components > 1, "--output-context-scale",
                  scale, f"1 or unset for {name}, which has no context vectors")
+    dropout = getattr(cfg, "output_context_dropout", 0.0)
+    check_option(dropout in (None, 0.0) or layer.default_components > 1,
+                 "--output-context-dropout", dropout,
+                 f"0 or unset for {name}, which has no context vectors")
     common = dict(input_dim=input_dim, num_tokens=num_tokens, embed_weight=embed_weight,
                   embed_dim=embed_dim, bias=getattr(cfg, "output_bias", False))
-    built = layer.from_config(cfg, first_target=first_target, **common)
-    return built.compile_forward() if getattr(cfg, "compile_output_layer", False) else built
+    return layer.from_config(cfg, first_target=first_target, **common)
+
+
+class Renamed(NamedTuple):
+    """A setting's former name: ``name``, the setting's name now, and ``layers``, the layers
+    that read the former name (the others ignored it)."""
+
+    name: str
+    layers: Tuple[str, ...]
+
+
+# Settings that earlier versions named otherwise, by former name. Each former name stays a flag
+# of the fairseq plugin, an alias of the setting (models.flags), and is read from saved configs.
+RENAMED_SETTINGS: Dict[str, Renamed] = {
+    "mos_context_dropout": Renamed("output_context_dropout", ("mos", "mos_sigsoftmax")),
+    "mixtape_context_dropout": Renamed("output_context_dropout", ("mixtape",)),
+}
+# Settings that earlier versions saved with the layer's, which are now chosen by each run that
+# builds a layer (--compile-output-layer: the layer's compile_forward()), not saved
+RUN_SETTINGS = ("compile_output_layer",)
+
+
+def upgraded_settings(saved: Mapping[str, Any]) -> Dict[str, Any]:
+    """Settings saved by any version (the fields of an ``OutputLayerConfig`` as a dict, e.g. a
+    checkpoint's), under this version's names. A saved config without a renamed setting (saved
+    before the rename) gives it the value of the former name that its layer read, as that layer
+    did: MoS's ``mos_context_dropout``, Mixtape's ``mixtape_context_dropout``; a layer that read
+    none gets the default. Former names and ``RUN_SETTINGS`` are left out."""
+    upgraded = {key: value for key, value in saved.items()
+                if key not in RENAMED_SETTINGS and key not in RUN_SETTINGS}
+    layer = saved.get("output_layer", "softmax")
+    for former, renamed in RENAMED_SETTINGS.items():
+        value = saved.get(former)
+        if renamed.name not in saved and layer in renamed.layers and value is not None:
+            upgraded[renamed.name] = value
+    return upgraded
 
 
 __all__ = ["OUTPUT_LAYERS", "OutputLayer", "OutputLayerConfig", "build_output_layer",
-           "register_output_layer", "Softmax", "MixtureOfSoftmaxes", "Mixtape", "Sigsoftmax",
-           "MixtureOfSigsoftmaxes"]
+           "register_output_layer", "RENAMED_SETTINGS", "upgraded_settings", "Softmax",
+           "MixtureOfSoftmaxes", "Mixtape", "Sigsoftmax", "MixtureOfSigsoftmaxes"]

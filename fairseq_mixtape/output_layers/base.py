@@ -2,7 +2,7 @@
 
 import math
 import numbers
-from typing import Callable, Dict, Optional, Type
+from typing import Any, Callable, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
@@ -31,10 +31,23 @@ def check_option(ok: bool, flag: str, value, allowed: str):
 
 
 class OutputLayer(nn.Module):
-    """Maps decoder features (..., C) to scores (..., V) whose log_softmax is log p(x | context).
+    """Maps decoder features g (..., C) to scores s (..., V) whose log_softmax is the model's
+    log-probability, log p(x | g) = log_softmax_x(s(g)).
 
-    Softmax-like layers return logits; mixtures return normalised log-probabilities, which
-    fairseq's single ``log_softmax`` (generator, scorer, stock criterions) leaves unchanged.
+    What ``forward`` returns, each layer declares (``scores_are_log_probs``):
+
+    - logits, which fairseq's single ``log_softmax`` (generator, scorer, stock criterions)
+      normalises: softmax, sigsoftmax, Mixtape (``scores_are_log_probs = False``);
+    - log p itself, normalised, which that ``log_softmax`` leaves unchanged up to rounding: MoS
+      and the mixture of sigsoftmaxes (``scores_are_log_probs = True``).
+
+    ``target_log_probs(g, y)`` is log p(y | g) of given targets y alone. Each layer declares
+    whether it computes them without the (..., V) distribution (``direct_target_log_probs``):
+    MoS and the mixture of sigsoftmaxes do, from each component's target score and
+    log-normaliser; the others take ``log_softmax`` of ``forward`` at y, which costs what the
+    whole distribution costs. The plugin's criterions and the Hugging Face head call
+    ``target_log_probs`` where they need the targets' log-probabilities alone and the layer
+    computes them directly.
 
     The output embedding ``weight`` (V x E) is either the decoder's input embedding Parameter
     itself (tied) or the layer's own. It keeps the attribute name ``weight`` so fairseq's
@@ -42,7 +55,8 @@ class OutputLayer(nn.Module):
     """
 
     name: str = ""
-    scores_are_log_probs: bool = False  # True where forward() already returns log p
+    scores_are_log_probs: bool = False     # forward returns log p itself, not logits
+    direct_target_log_probs: bool = False  # target_log_probs without the (..., V) distribution
     default_components: int = 1
 
     def __init__(self, input_dim: int, num_tokens: int, embed_weight: Optional[nn.Parameter] = None,
@@ -95,6 +109,14 @@ class OutputLayer(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def target_log_probs(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """log p(y | g) of the targets y alone, features (..., C), target (...) -> (...), in
+        float32 (or float64 for float64 scores). Here from the whole distribution,
+        log_softmax_x(s(g)) at x = y; layers with ``direct_target_log_probs`` compute it
+        without that (..., V) tensor."""
+        log_probs = F.log_softmax(upcast(self.forward(features)), dim=-1)      # (..., V)
+        return log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
     compiled_forward: Optional[Compiled] = None
 
     def compile_forward(self) -> "OutputLayer":
@@ -134,7 +156,8 @@ CONTEXT_ACTIVATIONS = ("tanh", "linear")  # --output-context-activation
 class ContextMixture(OutputLayer):
     """What MoS and Mixtape share: K context vectors h_k = c tanh(W_k g + e_k) from one stacked
     map ``self.context`` (C -> K * E), the context scale c, and dropout on the context vectors
-    (``self.context_dropout`` p, 0 = off), one mask per sequence shared over time steps:
+    (``--output-context-dropout p``, ``self.context_dropout``; 0 = off, the default), in
+    training only, one mask per sequence shared over time steps:
 
         h_k = c tanh(W_k g_t + e_k) * m_k / (1 - p),   m ~ Bernoulli(1 - p)^(K x E) per sequence
 
@@ -153,15 +176,22 @@ class ContextMixture(OutputLayer):
     context_dropout: float = 0.0
     context_activation: str = "tanh"
 
+    @staticmethod
+    def context_settings(cfg) -> Dict[str, Any]:
+        """The context vectors' settings in ``cfg`` (``--output-context-scale``,
+        ``--output-context-dropout``, ``--output-context-activation``), as keyword arguments
+        of a mixture's constructor: c, p and the activation."""
+        return dict(context_scale=getattr(cfg, "output_context_scale", None),
+                    context_dropout=getattr(cfg, "output_context_dropout", 0.0),
+                    context_activation=getattr(cfg, "output_context_activation", "tanh"))
+
     def init_contexts(self, components: int, context_scale: Optional[float],
-                      context_dropout: float = 0.0, dropout_flag: str = "context dropout",
-                      context_activation: str = "tanh"):
-        """Call at the end of the subclass's __init__, once every parameter exists;
-        ``dropout_flag`` is the layer's flag for ``context_dropout``, for its error message."""
+                      context_dropout: float = 0.0, context_activation: str = "tanh"):
+        """Call at the end of the subclass's __init__, once every parameter exists."""
         check_option(context_activation in CONTEXT_ACTIVATIONS, "--output-context-activation",
                      context_activation, ", ".join(CONTEXT_ACTIVATIONS))
         self.context_activation = context_activation
-        self.context_dropout = check_probability(context_dropout, dropout_flag)
+        self.context_dropout = check_probability(context_dropout, "--output-context-dropout")
         self.components = components
         self.configured_scale = check_context_scale(context_scale)
         self.register_buffer("context_scale", torch.tensor(1.0))

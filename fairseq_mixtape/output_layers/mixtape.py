@@ -81,7 +81,7 @@ class Mixtape(ContextMixture):
     The regularisers of the tensorflow/mesh reference, in training only (0 = off; eval, generation
     and eval-lm are deterministic), in forms that keep the shortcut, for g_t at time step t:
 
-        --mixtape-context-dropout p:  h_k = c tanh(H_k g_t + e_k) * m_k / (1 - p),
+        --output-context-dropout p:   h_k = c tanh(H_k g_t + e_k) * m_k / (1 - p),
                                       m ~ Bernoulli(1 - p)^(K x E) once per sequence
         --mixtape-gate-dropout p:     tanh(U_j g_t + a_j) * n_j / (1 - p) in l_{x,j},
                                       n ~ Bernoulli(1 - p)^((K-1) x d1) once per sequence
@@ -95,8 +95,13 @@ class Mixtape(ContextMixture):
     the gate noise for each of the V tokens: both would need the K x V logits the shortcut avoids.
     Every gate logit carries one noise draw: the frequent tokens' l_{x,j} add u_j . g without the
     shared draw.
+
+    ``forward`` returns the logits, one (..., V) tensor (the shortcut forms no K x V one);
+    ``target_log_probs`` is their log_softmax at the targets.
     """
 
+    scores_are_log_probs = False
+    direct_target_log_probs = False
     default_components = 4
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
@@ -127,20 +132,17 @@ class Mixtape(ContextMixture):
             self.gate_embed = nn.Parameter(torch.empty(self.frequent, gate_dim))  # v_x
             self.gate_bias = nn.Parameter(torch.zeros(self.frequent, gates))     # b_{x,j}
             nn.init.normal_(self.gate_embed, std=gate_dim ** -0.5)
-        self.init_contexts(components, context_scale, context_dropout, "--mixtape-context-dropout",
-                           context_activation)
+        self.init_contexts(components, context_scale, context_dropout, context_activation)
 
     @classmethod
     def from_config(cls, cfg, first_target: int = 0, **common):
         return cls(**common, components=cls.components_from(cfg),
                    gate_dim=getattr(cfg, "mixtape_gate_dim", None),
                    frequent_tokens=cfg.mixtape_frequent_tokens,
-                   context_scale=getattr(cfg, "output_context_scale", None),
                    first_target=first_target,
-                   context_dropout=getattr(cfg, "mixtape_context_dropout", 0.0),
                    gate_dropout=getattr(cfg, "mixtape_gate_dropout", 0.0),
                    gate_noise=getattr(cfg, "mixtape_gate_noise", 0.0),
-                   context_activation=getattr(cfg, "output_context_activation", "tanh"))
+                   **cls.context_settings(cfg))
 
     def legacy_buffers(self) -> Dict[str, float]:
         # before the slots were stored, the first S ids had their own gates

@@ -18,14 +18,16 @@ class MixtureOfSoftmaxes(ContextMixture):
         log p(x|g) = logsumexp_k( log pi_k + log_softmax_x(h_k . w_x + b_x) )
 
     The mixture is computed exactly in log space (the official code's ``log(p + 1e-8)`` floor
-    caps log-probs at -18.4 and fakes rank). ``--mos-context-dropout`` drops the context vectors
-    with one mask per sequence shared over time steps ("dropoutl"; ``ContextMixture.contexts``).
-    Costs K full V-wide softmaxes per position. Where the plugin's criterions need only the
-    targets' log-probabilities (no label smoothing or accuracy), they call ``target_log_probs``,
-    which keeps fewer (..., K, V) intermediates.
+    caps log-probs at -18.4 and fakes rank). ``--output-context-dropout`` drops the context
+    vectors with one mask per sequence shared over time steps ("dropoutl";
+    ``ContextMixture.contexts``). Costs K full V-wide softmaxes per position. ``forward`` returns
+    log p itself. Where the plugin's criterions need only the targets' log-probabilities (no
+    label smoothing or accuracy), they call ``target_log_probs``, which computes them without
+    the (..., V) mixture and keeps fewer (..., K, V) intermediates.
     """
 
     scores_are_log_probs = True
+    direct_target_log_probs = True
     default_components = 15
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False,
@@ -35,15 +37,11 @@ class MixtureOfSoftmaxes(ContextMixture):
         check_components(components)
         self.prior = nn.Linear(input_dim, components, bias=False)        # W_pi
         self.context = nn.Linear(input_dim, components * self.embed_dim)  # W_k, e_k stacked
-        self.init_contexts(components, context_scale, context_dropout, "--mos-context-dropout",
-                           context_activation)
+        self.init_contexts(components, context_scale, context_dropout, context_activation)
 
     @classmethod
     def from_config(cls, cfg, first_target: int = 0, **common):
-        return cls(**common, components=cls.components_from(cfg),
-                   context_dropout=cfg.mos_context_dropout,
-                   context_scale=getattr(cfg, "output_context_scale", None),
-                   context_activation=getattr(cfg, "output_context_activation", "tanh"))
+        return cls(**common, components=cls.components_from(cfg), **cls.context_settings(cfg))
 
     @property
     def scores_per_position(self) -> int:

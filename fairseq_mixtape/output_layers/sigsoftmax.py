@@ -22,7 +22,11 @@ def sigsoftmax_logits(z: torch.Tensor) -> torch.Tensor:
 
 @register_output_layer("sigsoftmax")
 class Sigsoftmax(Softmax):
-    """A single sigsoftmax: same parameters as softmax, no extra cost but an elementwise op."""
+    """A single sigsoftmax: same parameters as softmax, no extra cost but an elementwise op.
+    ``forward`` returns the logits z + log sigmoid(z)."""
+
+    scores_are_log_probs = False
+    direct_target_log_probs = False
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return sigsoftmax_logits(self.token_logits(features))
@@ -30,7 +34,11 @@ class Sigsoftmax(Softmax):
 
 @register_output_layer("mos_sigsoftmax")
 class MixtureOfSigsoftmaxes(MixtureOfSoftmaxes):
-    """MoS with each component's softmax replaced by a sigsoftmax."""
+    """MoS with each component's softmax replaced by a sigsoftmax; like MoS, ``forward``
+    returns log p and ``target_log_probs`` needs no (..., V) mixture."""
+
+    scores_are_log_probs = True
+    direct_target_log_probs = True
 
     def component_scores(self, logits: torch.Tensor) -> torch.Tensor:
         return sigsoftmax_logits(logits)

@@ -10,7 +10,11 @@ class Softmax(OutputLayer):
     """A linear projection to the vocabulary; fairseq's log_softmax normalises it.
 
     Its log-probability matrix over contexts has rank <= d + 1: the softmax bottleneck.
+    ``forward`` returns the logits.
     """
+
+    scores_are_log_probs = False
+    direct_target_log_probs = False
 
     def __init__(self, input_dim, num_tokens, embed_weight=None, embed_dim=None, bias=False):
         super().__init__(input_dim, num_tokens, embed_weight, embed_dim, bias)
