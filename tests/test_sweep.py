@@ -72,7 +72,7 @@ def test_sweep_smoke(shared_data, tmp_path):
         (corpus / f"{split}.txt").write_text("".join(lines[:200]))
     argv = [sys.executable, str(SCRIPT), "--data", str(corpus), "--out", str(tmp_path / "out"),
             "--results-dir", str(tmp_path / "results"), "--dims", "8,16",
-            "--layers", "softmax,mixtape,control", "--extra-seeds", "2", "--max-epochs", "2",
+            "--layers", "softmax,mixtape", "--extra-seeds", "2", "--max-epochs", "2",
             "--body-dim", "16", "--body-layers", "1", "--ffn-dim", "32",
             "--tokens-per-sample", "16", "--batch-size", "8", "--warmup-updates", "5",
             "--rank-contexts", "30", "--jobs", "2"]
@@ -80,27 +80,27 @@ def test_sweep_smoke(shared_data, tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     runs = json.loads((tmp_path / "results/sweep.json").read_text())
     assert set(runs) == {f"E{d}_{layer}_seed1" for d in (8, 16)
-                         for layer in ("softmax", "mixtape", "control")} | {
-        f"E8_{layer}_seed2" for layer in ("softmax", "mixtape", "control")}
+                         for layer in ("softmax", "mixtape")} | {
+        f"E8_{layer}_seed2" for layer in ("softmax", "mixtape")}
     for name, run in runs.items():
         dim = int(name[1:name.index("_")])
         assert len(run["valid_ppl_curve"]) == 2 and "last_epoch_gain_percent" in run
         assert run["test_ppl"] > 1 and run["valid_ppl"] > 1
         rank = run["rank"]
         assert rank["softmax_bound"] == dim + 1
-        if "mixtape_" in name:  # K = 4 breaks the E + 1 cap; softmax and the K = 1 control not
+        if "mixtape_" in name:  # K = 4 breaks the E + 1 cap; softmax does not
             assert rank["numerical_rank"] > dim + 1
         else:
             assert rank["numerical_rank"] <= dim + 1
         assert ("mixture_entropy" in run) == ("softmax" not in name)
     table = (tmp_path / "results/sweep.md").read_text()
-    assert "| 8 | softmax | 1,2 |" in table and "| 16 | control | 1 |" in table
+    assert "| 8 | softmax | 1,2 |" in table and "| 16 | mixtape | 1 |" in table
     assert "nan" not in table
     for plot in ("sweep_ppl.png", "sweep_relative.png", "sweep_curves.png"):
         assert (tmp_path / "results" / plot).stat().st_size > 10_000
     rerun = subprocess.run([*argv, "--stages", "train,eval,rank,table"], capture_output=True,
                            text=True, timeout=600)
-    assert rerun.returncode == 0 and rerun.stdout.count("done already") == 9 * 4
+    assert rerun.returncode == 0 and rerun.stdout.count("done already") == 6 * 4
 
     # a fresh work tree: the run folders are gone, the results JSON is kept
     import shutil
@@ -108,9 +108,9 @@ def test_sweep_smoke(shared_data, tmp_path):
     restored = subprocess.run([*argv, "--stages", "train,eval,rank,table", "--restore"],
                               capture_output=True, text=True, timeout=600)
     assert restored.returncode == 0, (restored.stdout + restored.stderr)[-3000:]
-    assert restored.stdout.count("restored from") == 9
+    assert restored.stdout.count("restored from") == 6
     steps = [line for line in restored.stdout.splitlines() if ": E = " in line]
-    assert len(steps) == 9 and all(line.endswith("fairseq-train (2 epochs, "
+    assert len(steps) == 6 and all(line.endswith("fairseq-train (2 epochs, "
                                                  f"{runs['E8_softmax_seed1']['updates']} "
                                                  "updates): done already") for line in steps)
     assert json.loads((tmp_path / "results/sweep.json").read_text()) == runs
