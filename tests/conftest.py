@@ -22,9 +22,3 @@ def shared_data():
 def seeded():
     torch.manual_seed(0)
 
-
-def pytest_collection_modifyitems(config, items):
-    """The end-to-end tests (marked ``slow``) first, each group in its collected order: with
-    two xdist workers the minutes-long ones then start at once instead of last, and the quick
-    tests fill the workers around them, so the whole run ends sooner."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
