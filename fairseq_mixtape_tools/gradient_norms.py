@@ -36,11 +36,10 @@ from collections import defaultdict
 
 from .arguments import check_counts, parse_layers
 from .experiments import multi30k, sweep
-from .experiments.common import OUTPUT_VARIANTS
+from .experiments.common import OUTPUT_VARIANTS, REPO
 from .runner import PACKAGE_DIR
 
-# The folder that holds these tools: the measuring process imports them from there too.
-TOOLS_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The measuring process imports these tools from the checkout (REPO), as this process does.
 
 EXPERIMENTS = {"sweep": sweep, "multi30k": multi30k}
 SCRIPTS = {"sweep": "examples/language_model/bottleneck_sweep.py",  # that launch them
@@ -141,7 +140,7 @@ def measure(layer: str, arguments, work: pathlib.Path):
     """One layer's updates, measured in a fresh process (one torch thread, as the experiments)."""
     command_path, out = work / f"{layer}.command.json", work / f"{layer}.jsonl"
     command_path.write_text(json.dumps(arguments))
-    path = os.pathsep.join(filter(None, [str(TOOLS_ROOT), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=path)
     done = subprocess.run([sys.executable, "-m", "fairseq_mixtape_tools.gradient_norms", "--child",
                            str(command_path), str(out)], env=env, capture_output=True, text=True)

@@ -17,13 +17,14 @@ import re
 import sys
 from typing import List, Tuple
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from .experiments.common import REPO
+
 DOCUMENTS = ["RESULTS.md"]
 BLOCK = re.compile(r"(<!-- generated: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end generated -->)",
                    re.DOTALL)
 
 
-def refreshed(text: str, root: pathlib.Path = ROOT) -> Tuple[str, List[str]]:
+def refreshed(text: str, root: pathlib.Path = REPO) -> Tuple[str, List[str]]:
     """``text`` with every quoted block replaced by its file's current text, and the paths of
     the blocks that changed. A block naming a file that does not exist is an error."""
     changed = []
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     stale = []
     for name in DOCUMENTS:
-        document = ROOT / name
+        document = REPO / name
         text, changed = refreshed(document.read_text())
         stale += [f"{name}: {path}" for path in changed]
         if changed and not args.check:
