@@ -34,7 +34,7 @@ import sys
 import tempfile
 from collections import defaultdict
 
-from .arguments import check_counts, parse_layers
+from .arguments import ArgumentParser, check_counts, parse_layers
 from .experiments import multi30k, sweep
 from .experiments.common import OUTPUT_VARIANTS, REPO
 from .runner import PACKAGE_DIR
@@ -47,8 +47,8 @@ SCRIPTS = {"sweep": "examples/language_model/bottleneck_sweep.py",  # that launc
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", choices=sorted(EXPERIMENTS), default="sweep")
     parser.add_argument("--experiment-args", default="",
                         help="the experiment script's own flags (--out, --dims, model sizes); "
@@ -79,20 +79,31 @@ def parse_args(argv=None):
         except (ValueError, KeyError, TypeError):
             parser.error(f"--from-json: {args.from_json} is not a --json file of this script "
                          "(JSON with every layer's 'updates')")
+    elif not args.child:
+        check_prepared(parser, args)
     return args
+
+
+def experiment_options(args):
+    """The experiment's own parsed flags; --stages train: it checks no raw corpus (only its
+    prepared data-bin is used)."""
+    return EXPERIMENTS[args.experiment].parse_args([*shlex.split(args.experiment_args),
+                                                    "--stages", "train"])
+
+
+def check_prepared(parser, args) -> None:
+    """Refuse, before any work, an experiment whose data is not prepared."""
+    data_bin = experiment_options(args).out / "data-bin"
+    if not (data_bin / "train.bin").is_file() and not any(data_bin.glob("train.*.bin")):
+        parser.error(f"--experiment-args: no prepared data in {data_bin}; run "
+                     f"{SCRIPTS[args.experiment]} --stages prepare (with the same --out) first")
 
 
 def train_commands(args):
     """Each of --layers' fairseq-train arguments: the experiment's, stopped after --updates
     updates (its schedule unchanged: the sweep's decay still spans its whole run), saving
-    nothing. Exits first where the experiment's data is not prepared."""
-    experiment = EXPERIMENTS[args.experiment]
-    # --stages train: the experiment checks no raw corpus, only its prepared data-bin is used
-    options = experiment.parse_args([*shlex.split(args.experiment_args), "--stages", "train"])
-    data_bin = options.out / "data-bin"
-    if not (data_bin / "train.bin").is_file() and not any(data_bin.glob("train.*.bin")):
-        sys.exit(f"--experiment-args: no prepared data in {data_bin}; run "
-                 f"{SCRIPTS[args.experiment]} --stages prepare (with the same --out) first")
+    nothing."""
+    experiment, options = EXPERIMENTS[args.experiment], experiment_options(args)
     commands = {layer: experiment.train_arguments(options, experiment.run_for(options, layer,
                                                                               args.seed))
                 for layer in args.layers}

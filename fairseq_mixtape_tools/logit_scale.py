@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.tasks.translation import TranslationTask
 
-from .arguments import check_choices
+from .arguments import ArgumentParser, check_choices
 from .building import dictionary_of, model_builder
 from .experiments import multi30k, ptb, sweep
 
@@ -75,8 +75,8 @@ def spread(model, task, seed: int) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--networks", default=",".join([*EXPERIMENTS, *PRESETS]),
                         help=f"comma-separated, from {', '.join(NETWORKS)} (default: the first "
                              "four)")

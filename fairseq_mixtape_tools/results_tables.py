@@ -11,12 +11,12 @@ so that the numbers a reader sees are the ones the script wrote, never typed by 
 from its file; ``--check`` only reports the blocks that differ (exit code 1).
 """
 
-import argparse
 import pathlib
 import re
 import sys
 from typing import List, Tuple
 
+from .arguments import ArgumentParser
 from .experiments.common import REPO
 
 DOCUMENTS = ["RESULTS.md"]
@@ -43,7 +43,7 @@ def refreshed(text: str, root: pathlib.Path = REPO) -> Tuple[str, List[str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="report the quoted blocks that differ from their files (exit 1), "
                              "without writing")

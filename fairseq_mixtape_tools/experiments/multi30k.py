@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 
-from ..arguments import check_counts, check_data_dir, comma_list
+from ..arguments import ArgumentParser, check_counts, check_data_dir, comma_list
 from ..runner import PACKAGE_DIR, run_tool, say, stop_tools_on_terminate
 from .common import (
     OUTPUT_VARIANTS, REPO, Run, check_experiment_flags, format_mean, is_mos, measure_rank,
@@ -58,8 +58,8 @@ TEST = SPLITS["test"]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=pathlib.Path,
                         default=REPO.parent / "shared/data/multi30k-en-de",
                         help="folder with raw {train,val,test_2016_flickr}.{en,de}")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from ..arguments import check_components, check_counts, check_data_dir, comma_list
+from ..arguments import ArgumentParser, check_components, check_counts, check_data_dir, comma_list
 from ..runner import stop_tools_on_terminate
 from .common import (
     OUTPUT_VARIANTS, REPO, Run, check_experiment_flags, evaluate_lm, format_mean, is_mos,
@@ -35,8 +35,8 @@ HEADS = 4  # --decoder-attention-heads
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared/data/ptb",
                         help="folder with ptb.{train,valid,test}.txt (Mikolov's PTB)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/ptb"),

@@ -47,7 +47,7 @@ import pathlib
 import sys
 import time
 
-from ..arguments import check_counts, comma_list
+from ..arguments import ArgumentParser, check_counts, comma_list
 from ..runner import run_tool, stop_tools_on_terminate
 from .common import (
     OUTPUT_VARIANTS, REPO, Run, repo_path, check_experiment_flags, evaluate_lm, format_mean, is_mos,
@@ -66,8 +66,8 @@ PLATEAU = 2.0  # % improvement of valid perplexity over the last epoch that coun
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared/data/ptb",
                         help="folder with a word-level corpus: train/valid/test files named "
                              + ", ".join(n.format("X") for n in SPLIT_NAMES))
