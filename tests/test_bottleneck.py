@@ -2,7 +2,6 @@
 trained checkpoints of all four families."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from fairseq_mixtape.compat import fairseq_checkpoint_classes
 
 from fairseq_mixtape_tools.bottleneck import RankReport, effective_rank, main
 from helpers import FAMILIES, fairseq_train, make_lm_data, make_mt_data
+from refusals import refused, refused_command
 
 
 def low_rank(rows, columns, rank, seed=0):
@@ -125,14 +125,10 @@ def test_two_checkpoints_overlaid_in_one_plot(checkpoints, tmp_path):
 
 
 def test_bad_arguments_name_the_flag(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exited:
-        main([str(tmp_path / "x.pt"), "--contexts", "0"])
-    assert exited.value.code == 2 and "--contexts: got 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exited:
-        main([str(tmp_path / "missing.pt")])
-    assert exited.value.code == 2
-    assert f"CHECKPOINT: got '{tmp_path / 'missing.pt'}', which does not exist" in \
-        capsys.readouterr().err
+    assert "--contexts: got 0" in refused(main, [str(tmp_path / "x.pt"), "--contexts", "0"],
+                                          capsys)
+    assert f"CHECKPOINT: got '{tmp_path / 'missing.pt'}', which does not exist" in refused(
+        main, [str(tmp_path / "missing.pt")], capsys)
 
 
 # User errors: one line on stderr naming the argument and the value, exit status 2, before any
@@ -219,35 +215,26 @@ BAD_INPUTS = {  # case: (argv, what the one line says)
 }
 
 
-def run_tool(command, argv, cwd):
-    return subprocess.run([*command, *argv], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-@pytest.mark.slow  # a subprocess each (fairseq's import: seconds)
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_line_and_exit_status_2(case, bad_inputs):
+def test_bad_input_is_one_line_and_exit_status_2(case, bad_inputs, monkeypatch, capsys):
     argv, expected = BAD_INPUTS[case]
-    script = pathlib.Path(sys.executable).parent / "fairseq-mixtape-bottleneck"
-    done = run_tool([str(script)], argv, bad_inputs)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr and done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr[-3000:]
+    monkeypatch.chdir(bad_inputs)
+    message = refused(main, argv, capsys)
+    assert expected in message
     flag = expected.split(":")[0].split(" (")[0]  # CHECKPOINT, --data, --subset, ...
-    assert lines[0].startswith(f"fairseq-mixtape-bottleneck: error: {flag}"), lines[0]
-    assert expected in lines[0]
+    assert message.startswith(flag), message
 
 
-@pytest.mark.slow
-def test_the_script_from_a_checkout_refuses_alike(bad_inputs):
-    done = run_tool([sys.executable, str(REPO / "scripts" / "bottleneck.py")],
-                    ["random.pt"], bad_inputs)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [
-        "python scripts/bottleneck.py: error: CHECKPOINT: got 'random.pt', a torch file but not "
-        "a fairseq checkpoint (no 'model' with 'cfg' or 'args' in it); allowed: a fairseq "
-        "checkpoint file (such as checkpoint_best.pt of fairseq-train)"]
+@pytest.mark.slow  # two subprocesses (fairseq's import: seconds)
+def test_the_console_script_and_the_script_from_a_checkout_refuse_alike(bad_inputs):
+    expected = ("CHECKPOINT: got 'random.pt', a torch file but not a fairseq checkpoint (no "
+                "'model' with 'cfg' or 'args' in it); allowed: a fairseq checkpoint file (such as "
+                "checkpoint_best.pt of fairseq-train)")
+    console = pathlib.Path(sys.executable).parent / "fairseq-mixtape-bottleneck"
+    assert refused_command([console, "random.pt"], bad_inputs) == (
+        "fairseq-mixtape-bottleneck", expected)
+    assert refused_command([sys.executable, REPO / "scripts" / "bottleneck.py", "random.pt"],
+                           bad_inputs) == ("python scripts/bottleneck.py", expected)
 
 
 def test_good_inputs_pass_the_checks(tmp_path, capsys):

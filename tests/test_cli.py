@@ -19,8 +19,11 @@ from fairseq_cli import eval_lm, generate
 
 from fairseq_mixtape.models import output_layer_of
 from fairseq_mixtape.output_layers import OutputLayer
+from fairseq_mixtape_tools import average_checkpoints, demo, precision
+from fairseq_mixtape_tools.benchmark import command as benchmark
 from helpers import (FAMILIES, LAYERS, TRAIN_FLAGS, USER_DIR, fairseq_train, load_checkpoint,
                      make_lm_data, make_mt_data, with_saved_flags)
+from refusals import refused, refused_command
 
 pytestmark = pytest.mark.slow  # fairseq-train and the other tools, end to end
 BIN = Path(sys.executable).parent
@@ -185,62 +188,71 @@ def test_two_process_data_parallel_training_on_cpu(layer, data, tmp_path):
 
 
 # User errors in the other tools: one line on stderr naming the flag and the value, exit
-# status 2, before any work, never a traceback.
+# status 2, before any work, never a traceback (tests/refusals.py). Each case runs the tool's
+# main in this process; each command a user types runs once as a subprocess below.
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "tests" / "fixtures" / "projection_wiring" / "transformer_lm_control.pt"
-SCRIPT = [sys.executable]
-BAD_COMMAND_LINES = {  # case: (command, argv, the line after "PROG: error: ")
-    "benchmark --repeats": ([str(BIN / "fairseq-mixtape-benchmark")], ["--repeats", "0"],
+BAD_COMMAND_LINES = {  # case: (tool, argv, the message after "PROG: error: ")
+    "benchmark --repeats": (benchmark, ["--repeats", "0"],
                             "--repeats: got 0; allowed: whole numbers >= 1"),
-    "benchmark --vocabs": ([str(BIN / "fairseq-mixtape-benchmark")], ["--vocabs", "100", "0"],
+    "benchmark --vocabs": (benchmark, ["--vocabs", "100", "0"],
                            "--vocabs: got 0; allowed: whole numbers >= 1"),
-    "benchmark --threads": ([str(BIN / "fairseq-mixtape-benchmark")], ["--threads", "-1"],
+    "benchmark --threads": (benchmark, ["--threads", "-1"],
                             "--threads: got -1; allowed: a number > 0"),
-    "benchmark --out-dir": ([str(BIN / "fairseq-mixtape-benchmark")], ["--out-dir", "a-file"],
+    "benchmark --out-dir": (benchmark, ["--out-dir", "a-file"],
                             "--out-dir: got 'a-file', not a directory"),
-    "benchmark --model-args": ([str(BIN / "fairseq-mixtape-benchmark")],
-                               ["--sections", "lm", "--model-args=--encoder-layers 2"],
+    "benchmark --model-args": (benchmark, ["--sections", "lm", "--model-args=--encoder-layers 2"],
                                "--model-args: got '--encoder-layers 2', which fairseq-train "
                                "refuses for the lm model (unrecognized arguments: "
                                "--encoder-layers 2)"),
-    "average: no such input": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
-                               ["--inputs", "missing.pt", "--output", "avg.pt"],
+    "average: no such input": (average_checkpoints, ["--inputs", "missing.pt", "--output",
+                                                     "avg.pt"],
                                "--inputs: got 'missing.pt', which does not exist"),
-    "average: not a checkpoint": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
-                                  ["--inputs", "a-file", "--output", "avg.pt"],
+    "average: not a checkpoint": (average_checkpoints, ["--inputs", "a-file", "--output",
+                                                        "avg.pt"],
                                   "--inputs: got 'a-file', which torch.load cannot read ("),
-    "average: two models": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
+    "average: two models": (average_checkpoints,
                             ["--inputs", str(CHECKPOINT),
                              str(CHECKPOINT.with_name("lstm_lm_control.pt")), "--output",
                              "avg.pt"],
                             f"--inputs: got '{CHECKPOINT.with_name('lstm_lm_control.pt')}', "
                             "whose parameters differ"),
-    "average: too few": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
+    "average: too few": (average_checkpoints,
                          ["--inputs", ".", "--num-epoch-checkpoints", "2", "--output", "avg.pt"],
                          "--inputs: got '.', which holds 0 epoch checkpoints (none); allowed: "
                          "a folder with at least 2"),
-    "average: no output folder": (SCRIPT + [str(REPO / "scripts" / "average_checkpoints.py")],
+    "average: no output folder": (average_checkpoints,
                                   ["--inputs", str(CHECKPOINT), "--output", "no/avg.pt"],
                                   "--output: got 'no/avg.pt', whose folder does not exist"),
-    "precision --device": (SCRIPT + [str(REPO / "scripts" / "check_precision.py")],
-                           ["--device", "gpu"], "--device: got 'gpu'; allowed: cpu, cuda"),
-    "precision --vocab": (SCRIPT + [str(REPO / "scripts" / "check_precision.py")],
-                          ["--vocab", "0"], "--vocab: got 0; allowed: whole numbers >= 1"),
-    "demo --work-dir": ([str(BIN / "fairseq-mixtape-demo")], ["--work-dir", "a-file/demo"],
+    "precision --device": (precision, ["--device", "gpu"],
+                           "--device: got 'gpu'; allowed: cpu, cuda"),
+    "precision --vocab": (precision, ["--vocab", "0"], "--vocab: got 0; allowed: whole numbers >= 1"),
+    "demo --work-dir": (demo, ["--work-dir", "a-file/demo"],
                         "--work-dir: got 'a-file/demo', not a directory"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_COMMAND_LINES))
-def test_tools_refuse_bad_command_lines_in_one_line(case, tmp_path):
-    command, argv, expected = BAD_COMMAND_LINES[case]
+def test_tools_refuse_bad_command_lines_in_one_line(case, tmp_path, monkeypatch, capsys):
+    tool, argv, expected = BAD_COMMAND_LINES[case]
     (tmp_path / "a-file").write_text("not a checkpoint\n")
-    done = subprocess.run([*command, *argv], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
-    assert done.stdout == "" and "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr[-3000:]
-    prog = Path(command[-1]).name
-    assert lines[0].startswith(f"{prog}: error: {expected}"), lines[0]
+    monkeypatch.chdir(tmp_path)
+    assert refused(tool.main, argv, capsys).startswith(expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+
+
+@pytest.mark.parametrize("command,argv,expected", [
+    ([BIN / "fairseq-mixtape-benchmark"], ["--repeats", "0"], "--repeats: got 0"),
+    ([BIN / "fairseq-mixtape-demo"], ["--work-dir", "a-file/demo"], "--work-dir: got 'a-file/demo'"),
+    ([sys.executable, REPO / "scripts" / "average_checkpoints.py"],
+     ["--inputs", "missing.pt", "--output", "avg.pt"], "--inputs: got 'missing.pt'"),
+    ([sys.executable, REPO / "scripts" / "check_precision.py"], ["--vocab", "0"],
+     "--vocab: got 0"),
+    ([sys.executable, REPO / "scripts" / "benchmark.py"], ["--repeats", "0"], "--repeats: got 0"),
+], ids=["fairseq-mixtape-benchmark", "fairseq-mixtape-demo", "average_checkpoints.py",
+        "check_precision.py", "benchmark.py"])
+def test_the_commands_users_type_refuse_alike(command, argv, expected, tmp_path):
+    (tmp_path / "a-file").write_text("not a checkpoint\n")
+    prog, message = refused_command([*command, *argv], cwd=tmp_path)
+    assert prog == Path(command[-1]).name and message.startswith(expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written

@@ -1,6 +1,8 @@
 """The defaults that need no flag: the context scale matched to a softmax's initial spread, the
 gate dimension d1 = min(64, E), and Mixtape's gate slots on ids that can be targets."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,13 +11,13 @@ from fairseq.data import Dictionary
 from fairseq_mixtape.models.wiring import check_gate_slots_seen, first_target
 from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
 from fairseq_mixtape.output_layers.base import matched_context_scale
+from layers import build_layer
+from refusals import refused
 
 C, V = 32, 400
 
 
-def build(name, first_target=0, **options):
-    return build_output_layer(OutputLayerConfig(output_layer=name, **options), C, V,
-                              first_target=first_target)
+build = functools.partial(build_layer, input_dim=C, num_tokens=V)
 
 
 def spread(layer, states):
@@ -105,7 +107,7 @@ def test_logit_scale_script_checks_the_experiment_network():
     assert papers.returncode == 1 and "ratio outside [0.75, 1.33]" in papers.stdout
 
 
-def test_logit_scale_script_builds_the_sweep_network_at_each_width():
+def test_logit_scale_script_builds_the_sweep_network_at_each_width(capsys):
     """scripts/logit_scale.py's sweep_E networks are the bottleneck sweep's model at that output
     width (the E-wide projection and tied embedding), and an unknown name is refused by name."""
     from fairseq_mixtape_tools import logit_scale as script
@@ -115,5 +117,5 @@ def test_logit_scale_script_builds_the_sweep_network_at_each_width():
     assert argv[argv.index("--decoder-output-dim") + 1] == "32"
     assert argv[argv.index("--decoder-input-dim") + 1] == "32"
     assert "--share-decoder-input-output-embed" in argv
-    with pytest.raises(SystemExit):
-        script.main(["--networks", "sweep_E48"])
+    assert refused(script.main, ["--networks", "sweep_E48"], capsys).startswith(
+        "--networks: got 'sweep_E48'")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fairseq_mixtape_tools import demo
+from refusals import refused
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -64,11 +65,8 @@ def test_write_corpus(tmp_path):
 
 
 def refusal(capsys, argv):
-    """parse_args' argparse error (exit status 2): its message, without the usage lines."""
-    with pytest.raises(SystemExit) as exited:
-        demo.parse_args(argv)
-    assert exited.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
+    """The message of parse_args' one-line refusal of ``argv``."""
+    return refused(demo.parse_args, argv, capsys)
 
 
 @pytest.mark.parametrize("argv,expected", [

@@ -15,6 +15,7 @@ from fairseq_mixtape_tools.experiments import sweep
 from fairseq_mixtape_tools.experiments.common import (
     OUTPUT_VARIANTS, Run, format_mean, is_mos, mean_and_spread, parse_train_log, restore_finished,
     seeds_text, variant_arguments)
+from refusals import refused
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 D = 16
@@ -162,10 +163,7 @@ def ptb():
 
 
 def ptb_refusal(ptb, capsys, argv):
-    with pytest.raises(SystemExit) as exited:
-        ptb.parse_args(argv)
-    assert exited.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
+    return refused(ptb.parse_args, argv, capsys)
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -278,10 +276,7 @@ NO_DATA = {ptb_experiment: ["--stages", "table"], m30k: ["--stages", "train"],
 def test_shared_flags_are_checked_alike(driver, argv, expected, capsys):
     """The flags the experiments share are checked by one function: the same refusal, word for
     word, from each."""
-    with pytest.raises(SystemExit) as exited:
-        driver.parse_args([*NO_DATA[driver], *argv])
-    assert exited.value.code == 2
-    assert expected in capsys.readouterr().err.strip().splitlines()[-1]
+    assert expected in refused(driver.parse_args, [*NO_DATA[driver], *argv], capsys)
 
 
 def test_seed_lists_other_than_seeds_may_be_empty():

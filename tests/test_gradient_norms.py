@@ -13,6 +13,7 @@ import pytest
 
 from fairseq_mixtape_tools import gradient_norms
 from helpers import random_corpus
+from refusals import refused
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts/gradient_norms.py"
@@ -26,24 +27,22 @@ def run(*argv, timeout=600):
                           timeout=timeout)
 
 
-def test_unprepared_experiment_refused(tmp_path):
-    done = run(SCRIPT, "--experiment-args",  # no raw corpus either: only data-bin is read
-               f"--data {tmp_path / 'no-corpus'} --out {tmp_path / 'nothing'}")
-    assert done.returncode != 0
-    assert "--experiment-args: no prepared data in" in done.stderr
-    assert "--stages prepare" in done.stderr
+def test_unprepared_experiment_refused(tmp_path, capsys):
+    message = refused(gradient_norms.main, [  # no raw corpus either: only data-bin is read
+        "--experiment-args", f"--data {tmp_path / 'no-corpus'} --out {tmp_path / 'nothing'}"],
+        capsys)
+    assert message.startswith("--experiment-args: no prepared data in")
+    assert "--stages prepare" in message
 
 
 def test_bad_flags_refused(capsys, tmp_path):
-    with pytest.raises(SystemExit):
-        gradient_norms.parse_args(["--layers", "softmax,mixture"])
     assert ("--layers: got 'softmax,mixture' (unknown: 'mixture'); allowed: comma-separated "
-            "output layers from softmax, mixtape") in capsys.readouterr().err
+            "output layers from softmax, mixtape") in refused(
+                gradient_norms.parse_args, ["--layers", "softmax,mixture"], capsys)
     other = tmp_path / "other.json"
     other.write_text('{"softmax": [1, 2]}')
-    with pytest.raises(SystemExit):
-        gradient_norms.parse_args(["--from-json", str(other)])
-    assert f"--from-json: {other} is not a --json file of this script" in capsys.readouterr().err
+    assert f"--from-json: {other} is not a --json file of this script" in refused(
+        gradient_norms.parse_args, ["--from-json", str(other)], capsys)
 
 
 @pytest.mark.slow

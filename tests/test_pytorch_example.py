@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from refusals import refused
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "pytorch" / "train_lm.py"
 TINY = ["--dim", "16", "--embed-dim", "8", "--heads", "2", "--layers", "1", "--seq-len", "16",
@@ -98,20 +100,13 @@ def test_bad_data_folder_exits_2_with_one_line_before_any_work(tmp_path):
 ])
 def test_bad_flag_values_name_the_flag_the_value_and_what_is_allowed(corpus, capsys, argv, flag,
                                                                       allowed):
-    with pytest.raises(SystemExit) as stop:
-        example.parse_args(["--data", str(corpus), *argv])
-    assert stop.value.code == 2
-    message = capsys.readouterr().err.strip()
-    assert len(message.splitlines()) == 1
+    message = refused(example.parse_args, ["--data", str(corpus), *argv], capsys)
     assert flag in message and argv[1] in message and allowed in message, message
 
 
 def test_data_folder_without_the_files_names_what_it_found(tmp_path, capsys):
     (tmp_path / "train.txt").write_text("a b\n")
-    with pytest.raises(SystemExit) as stop:
-        example.parse_args(["--data", str(tmp_path)])
-    assert stop.value.code == 2
-    message = capsys.readouterr().err
+    message = refused(example.parse_args, ["--data", str(tmp_path)], capsys)
     assert "--data" in message and "found train.txt" in message, message
 
 

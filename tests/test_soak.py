@@ -8,6 +8,7 @@ import pytest
 
 from fairseq_mixtape_tools import soak
 from helpers import make_lm_data
+from refusals import refused
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +51,9 @@ def test_check_only_fails_on_a_non_finite_loss(data_bin, tmp_path, capsys):
     (["--precision", "fp8"], "--precision: invalid choice: 'fp8'"),
 ])
 def test_bad_flags_refused(data_bin, argv, message, capsys):
-    with pytest.raises(SystemExit):
-        soak.parse_args(["--data-bin", str(data_bin), *argv])
-    assert message in capsys.readouterr().err
+    assert message in refused(soak.parse_args, ["--data-bin", str(data_bin), *argv], capsys)
 
 
 def test_data_without_a_dictionary_refused(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        soak.parse_args(["--data-bin", str(tmp_path)])
-    assert f"--data-bin: {tmp_path} has no dict.txt" in capsys.readouterr().err
+    assert f"--data-bin: {tmp_path} has no dict.txt" in refused(
+        soak.parse_args, ["--data-bin", str(tmp_path)], capsys)
