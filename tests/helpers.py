@@ -21,9 +21,9 @@ from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from fairseq_mixtape.compat import fairseq_checkpoint_classes
-from fairseq_mixtape.output_layers import OUTPUT_LAYERS
 from fairseq_mixtape_tools.building import model_config, parse_train_args, task_on, with_overrides
 from fairseq_mixtape_tools.memory import LiveTensorPeak as PeakMemory  # noqa: F401
+from layers import LAYERS, MIXTURES  # noqa: F401  (the registry's layers, for the tests' use)
 
 # Flags for models small enough to build and run in milliseconds (dropout off: deterministic).
 TINY_TRANSFORMER = [
@@ -125,11 +125,6 @@ def batch(task, split: str = "train", size: int = 4, start: int = 0):
     dataset = task.dataset(split)
     return dataset.collater([dataset[i] for i in range(start, start + size)])
 
-
-# Every output layer, in the registry's order, for the tests that run each; the mixtures are
-# those with K components (softmax and sigsoftmax have one).
-LAYERS = list(OUTPUT_LAYERS)
-MIXTURES = [name for name in LAYERS if OUTPUT_LAYERS[name].default_components > 1]
 
 # In-memory tiny models of every family (no data files), built through fairseq's CLI parsing.
 FAMILIES = {  # family: (task, arch, tiny sizes)

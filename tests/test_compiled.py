@@ -18,10 +18,10 @@ from fairseq_mixtape import compiled
 from fairseq_mixtape.criterions.cross_entropy import (
     OutputLayerCrossEntropyCriterion, OutputLayerLabelSmoothedCrossEntropyCriterion)
 from fairseq_mixtape.models.wiring import output_layer_of
-from fairseq_mixtape.output_layers import OUTPUT_LAYERS
 from helpers import (FIXTURES, LAYERS, TINY_TRANSFORMER, assert_same_gradient, batch,
                      build_from_args, build_model, load_checkpoint, make_mt_data,
                      with_saved_flags)
+from layers import build_layer
 
 SHAPES = [(3, 7), (5, 2), (1, 11), (4, 9)]  # (batch, length) as fairseq's batches vary
 
@@ -38,15 +38,12 @@ def fresh_compiler():
     torch.set_num_threads(threads)
 
 
-def small_layer(name, **options):
-    layer = OUTPUT_LAYERS[name](16, 60, **options)
+def small_layer(name):
+    """d = 16, V = 60, K = 2 for the mixtures; Mixtape with gate slots of its own."""
+    layer = build_layer(name, 16, 60, output_components=2)
     if hasattr(layer, "gate_embed"):
         assert layer.frequent > 0
     return layer
-
-
-def layer_options(name):
-    return {"components": 2} if OUTPUT_LAYERS[name].default_components > 1 else {}
 
 
 def outputs_and_gradients(layer, features):
@@ -62,7 +59,7 @@ def outputs_and_gradients(layer, features):
 def test_compiled_layer_equals_eager(name):
     """Scores and gradients (features and parameters) of the compiled layer are the eager
     layer's within float32 tolerance, over batches of varied shapes, in training and eval."""
-    eager = small_layer(name, **layer_options(name))
+    eager = small_layer(name)
     compiled_layer = copy.deepcopy(eager).compile_forward()
     assert compiled_layer.state_dict().keys() == eager.state_dict().keys()
     for shape in SHAPES:
@@ -120,7 +117,7 @@ def test_compiler_failure_falls_back_to_eager(caplog):
     def failing_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")
 
-    layer = small_layer("mixtape", components=2).compile_forward()
+    layer = small_layer("mixtape").compile_forward()
     layer.compiled_forward.compiled = torch.compile(layer.forward, backend=failing_backend)
     features = torch.randn(2, 3, 16)
     with caplog.at_level(logging.WARNING, logger=compiled.__name__):
@@ -138,7 +135,7 @@ def test_torch_compile_itself_raising_falls_back_to_eager(monkeypatch, caplog):
 
     monkeypatch.setattr(torch, "compile", unavailable)
     with caplog.at_level(logging.WARNING, logger=compiled.__name__):
-        layer = small_layer("mixtape", components=2).compile_forward()
+        layer = small_layer("mixtape").compile_forward()
     message = " ".join(r.getMessage() for r in caplog.records)
     assert "--compile-output-layer" in message and "not supported on this Python" in message
     features = torch.randn(2, 3, 16)

@@ -13,18 +13,20 @@ import torch
 import torch.nn.functional as F
 
 import fairseq_mixtape
-from fairseq_mixtape import OUTPUT_LAYERS, OutputLayerConfig, build_output_layer
+from fairseq_mixtape import OutputLayerConfig, build_output_layer
 from fairseq_mixtape.output_layers import upgraded_settings
 from fairseq_mixtape.losses import chunked_token_losses
+from layers import LAYERS, MIXTURES, build_layer
 
 FAIRSEQ_INSTALLED = importlib.util.find_spec("fairseq") is not None
 C, E, V = 12, 6, 40  # hidden width d, output embedding width E, vocabulary
 
 
 def layer_of(name: str, **options):
-    components = {"mixtape": 4, "mos": 3, "mos_sigsoftmax": 3}.get(name)
-    cfg = OutputLayerConfig(output_layer=name, output_components=components, **options)
-    return build_output_layer(cfg, C, V, embed_dim=E if components else C, first_target=2)
+    """K = 4 for Mixtape (a power of two), 3 for MoS; the mixtures' contexts E wide."""
+    mixture = name in MIXTURES
+    return build_layer(name, C, V, output_components=4 if name == "mixtape" else 3,
+                       embed_dim=E if mixture else C, first_target=2, **options)
 
 
 @pytest.mark.skipif(FAIRSEQ_INSTALLED, reason="fairseq is installed here; the environment "
@@ -47,7 +49,7 @@ def test_another_missing_module_still_raises(tmp_path):
     assert "No module named 'a_dependency_that_is_missing'" in done.stderr
 
 
-@pytest.mark.parametrize("name", list(OUTPUT_LAYERS))
+@pytest.mark.parametrize("name", LAYERS)
 def test_every_layer_builds_normalises_and_trains_a_step(name):
     layer = layer_of(name).double()
     features = torch.randn(3, 5, C, dtype=torch.float64)

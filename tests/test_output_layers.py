@@ -9,19 +9,15 @@ import torch.nn.functional as F
 from fairseq_mixtape.output_layers import OUTPUT_LAYERS, OutputLayerConfig, base, build_output_layer
 from fairseq_mixtape.output_layers.mixtape import resolve_frequent_tokens
 from fairseq_mixtape.output_layers.sigsoftmax import sigsoftmax_logits
-from helpers import LAYERS
+from layers import LAYERS, build_layer
 from references import (exact_log_sigsoftmax, manual_logsumexp, mixtape_reference,
                         mixtape_regularised_reference, mos_probability_space, tree_priors_reference)
 
 C, V = 12, 50
 
 
-def build(name, input_dim=C, num_tokens=V, embed_weight=None, first_target=0, **options):
-    if name in ("softmax", "sigsoftmax"):  # one component: mixture options do not apply
-        options.pop("output_components", None)
-    cfg = OutputLayerConfig(output_layer=name, **options)
-    return build_output_layer(cfg, input_dim, num_tokens, embed_weight=embed_weight,
-                              first_target=first_target)
+def build(name, input_dim=C, num_tokens=V, **options):
+    return build_layer(name, input_dim, num_tokens, **options)
 
 
 def log_probs(layer, features):
@@ -172,10 +168,9 @@ def test_context_dropout_one_mask_per_sequence_shared_over_time(name):
 REGULARISERS = dict(output_context_dropout=0.3, mixtape_gate_dropout=0.3, mixtape_gate_noise=0.5)
 
 
-def build_mixtape(first_target=0, **options):
-    cfg = OutputLayerConfig(output_layer="mixtape", output_components=4, mixtape_gate_dim=5,
-                            mixtape_frequent_tokens=7, **options)
-    return build_output_layer(cfg, C, V, first_target=first_target).double()
+def build_mixtape(**options):
+    return build("mixtape", output_components=4, mixtape_gate_dim=5, mixtape_frequent_tokens=7,
+                 **options).double()
 
 
 def record_draws(layer, monkeypatch):

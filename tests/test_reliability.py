@@ -7,18 +7,16 @@ import torch
 import torch.nn.functional as F
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 
-from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
-from helpers import LAYERS, fairseq_train, make_lm_data, make_mt_data
+from helpers import fairseq_train, make_lm_data, make_mt_data
+from layers import LAYERS, build_layer
 
 V, C = 40, 8
 
 
 def extreme_layer(name: str, case: str):
     """A layer whose parameters put it into one extreme ``case``."""
-    components = {"mixtape": 4, "mos": 3, "mos_sigsoftmax": 3}.get(name)
-    cfg = OutputLayerConfig(output_layer=name, output_components=components, output_bias=True,
-                            mixtape_frequent_tokens=10)
-    layer = build_output_layer(cfg, C, V)
+    layer = build_layer(name, C, V, output_components=4 if name == "mixtape" else 3,
+                        output_bias=True, mixtape_frequent_tokens=10)
     with torch.no_grad():
         if case == "huge_logits":           # logits of order +-1e4
             layer.weight.normal_(std=40.0)
