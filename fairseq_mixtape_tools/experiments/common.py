@@ -1,8 +1,8 @@
 """What the experiments (``ptb``, ``multi30k``, ``sweep``; launched by the scripts in
 ``examples/``) share: the interface each offers (``Driver``), the output variants they compare
-and the checks of the flags they have in common, one training run per (output layer, seed)
-through the real fairseq command-line tools, each finished step remembered in a JSON file so that
-a rerun skips it, and a table of mean and spread over seeds.
+and the flags they have in common (their definitions and checks), one training run per (output
+layer, seed) through the real fairseq command-line tools, each finished step remembered in a JSON
+file so that a rerun skips it, and a table of mean and spread over seeds.
 
 A run directory holds ``train.log`` (fairseq's output), ``checkpoint_last.pt`` and
 ``result.json``: everything measured about that run, read from the tools' own output.
@@ -19,7 +19,7 @@ from typing import (Any, Callable, Dict, List, Optional, Protocol, Sequence, Tup
                     runtime_checkable)
 
 from ..arguments import (check_choices, check_counts, check_positive, check_probability,
-                         flag_dest, flag_value, has_flag, parse_layers, parse_seeds)
+                         comma_list, flag_dest, flag_value, has_flag, parse_layers, parse_seeds)
 from ..runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress_printer
 
 # The checkout these tools run from: the experiments' default folders (../shared/data beside it,
@@ -35,11 +35,12 @@ def repo_path(path) -> str:
             else str(path))
 
 __all__ = ["REPO", "repo_path", "PACKAGE_DIR", "Driver", "OUTPUT_VARIANTS", "SCALED_VARIANTS",
-           "variant_arguments", "takes_components", "is_mos", "check_experiment_flags", "Run",
-           "plan_runs", "run_in_parallel", "restore_finished", "plugin_commit", "evaluate_lm",
-           "measure_rank", "parse_train_log", "mean_and_spread", "format_mean", "values_of",
-           "relative_to", "seconds_per_epoch", "seeds_text", "seeds_cell", "scale_text",
-           "rank_cell", "plot_run_spectra", "write_results"]
+           "variant_arguments", "takes_components", "is_mos", "EXPERIMENT_FLAGS",
+           "add_experiment_flags", "check_experiment_flags", "Run", "plan_runs",
+           "run_in_parallel", "restore_finished", "plugin_commit", "evaluate_lm", "measure_rank",
+           "parse_train_log", "mean_and_spread", "format_mean", "values_of", "relative_to",
+           "seconds_per_epoch", "seeds_text", "seeds_cell", "scale_text", "rank_cell",
+           "plot_run_spectra", "write_results"]
 
 
 @runtime_checkable
@@ -124,6 +125,52 @@ def is_mos(variant: str) -> bool:
 # The seed lists of the experiments, and whether each may be empty ('': no such runs).
 SEED_FLAGS = {"--seeds": False, "--mos-seeds": True, "--control-seeds": True,
               "--extra-seeds": True}
+
+
+# The flags that two or more experiments define alike (the same type and help; the default may be
+# each driver's own), for add_experiment_flags: parser.add_argument's options. A flag without a
+# default here has a different one in each experiment: its driver gives its own. --stages' help
+# lists the driver's stages, which are its default.
+EXPERIMENT_FLAGS: Dict[str, Dict[str, Any]] = {
+    "--stages": {"type": comma_list(str),
+                 "help": lambda stages: f"steps to run, from {', '.join(stages)}"},
+    "--jobs": {"type": int, "default": 1, "help": "runs trained at once"},
+    "--threads": {"type": int, "default": 1, "help": "torch threads per process"},
+    "--ffn-dim": {"type": int, "default": 512},
+    "--context-scale": {"type": float, "default": None,
+                        "help": "--output-context-scale of MoS and Mixtape (default: the "
+                                "plugin's, matched to softmax's initial spread; 1 = the papers)"},
+    "--max-epochs": {"type": int, "help": "epochs of every run"},
+    "--tokens-per-sample": {"type": int},
+    "--warmup-updates": {"type": int},
+    "--dropout": {"type": float},
+    "--rank-contexts": {"type": int, "default": 2000,
+                        "help": "test contexts (rows) of the log-probability matrix"},
+}
+
+
+def add_experiment_flags(parser: argparse.ArgumentParser, *flags: str,
+                         helps: Optional[Dict[str, str]] = None, **defaults) -> None:
+    """Add the shared ``flags`` (EXPERIMENT_FLAGS) to an experiment's ``parser``, in the order
+    given (their order in --help). ``defaults``, by the flag's attribute (``dropout=0.2``), are
+    the driver's own defaults, needed where EXPERIMENT_FLAGS has none; ``helps``, by flag, the
+    driver's own wording of a flag's help."""
+    added = {flag_dest(flag) for flag in flags}
+    unknown = [f"--{dest.replace('_', '-')}" for dest in defaults if dest not in added]
+    unknown += [flag for flag in helps or {} if flag not in flags]
+    if unknown:
+        raise TypeError(f"a default or help of flags not added: {', '.join(unknown)}")
+    for flag in flags:
+        options = dict(EXPERIMENT_FLAGS[flag])
+        if flag_dest(flag) in defaults:
+            options["default"] = defaults[flag_dest(flag)]
+        elif "default" not in options:
+            raise TypeError(f"{flag}: the experiments' defaults differ; give the driver's own")
+        if helps and flag in helps:
+            options["help"] = helps[flag]
+        elif callable(options.get("help")):
+            options["help"] = options["help"](options["default"])
+        parser.add_argument(flag, **options)
 
 
 def check_experiment_flags(parser: argparse.ArgumentParser, args: argparse.Namespace,
