@@ -2,7 +2,8 @@
 ``examples/``) share: the interface each offers (``Driver``), the output variants they compare
 and the flags they have in common (their definitions and checks), one training run per (output
 layer, seed) through the real fairseq command-line tools, each finished step remembered in a JSON
-file so that a rerun skips it, and a table of mean and spread over seeds.
+file so that a rerun skips it, a table of mean and spread over seeds, and the start and the end
+that each one's ``main`` has around its runs (``start_experiment``, ``finish_experiment``).
 
 A run directory holds ``train.log`` (fairseq's output), ``checkpoint_last.pt`` and
 ``result.json``: everything measured about that run, read from the tools' own output.
@@ -15,12 +16,14 @@ import math
 import pathlib
 import statistics
 import subprocess
+import time
 from typing import (Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple,
                     runtime_checkable)
 
 from ..arguments import (check_choices, check_counts, check_positive, check_probability,
                          comma_list, flag_dest, flag_value, has_flag, parse_layers, parse_seeds)
-from ..runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress_printer
+from ..runner import (PACKAGE_DIR, parse_train_log, run_tool, say, stop_tools_on_terminate,
+                      train_progress_printer)
 
 # The checkout these tools run from: the experiments' default folders (../shared/data beside it,
 # examples/*/results in it) and the scripts they call are found there.
@@ -37,10 +40,10 @@ def repo_path(path) -> str:
 __all__ = ["REPO", "repo_path", "PACKAGE_DIR", "Driver", "OUTPUT_VARIANTS", "SCALED_VARIANTS",
            "variant_arguments", "takes_components", "is_mos", "EXPERIMENT_FLAGS",
            "add_experiment_flags", "check_experiment_flags", "Run", "plan_runs",
-           "run_in_parallel", "restore_finished", "plugin_commit", "evaluate_lm", "measure_rank",
-           "parse_train_log", "mean_and_spread", "format_mean", "values_of", "relative_to",
-           "seconds_per_epoch", "seeds_text", "seeds_cell", "scale_text", "rank_cell",
-           "plot_run_spectra", "write_results"]
+           "start_experiment", "run_in_parallel", "finish_experiment", "restore_finished",
+           "plugin_commit", "evaluate_lm", "measure_rank", "parse_train_log", "mean_and_spread",
+           "format_mean", "values_of", "relative_to", "seconds_per_epoch", "seeds_text",
+           "seeds_cell", "scale_text", "rank_cell", "plot_run_spectra", "write_results"]
 
 
 @runtime_checkable
@@ -313,6 +316,32 @@ def run_in_parallel(runs: Sequence[Run], execute: Callable[[Run], None], jobs: i
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {pool.submit(execute, run): run for run in runs}
     return [f"{futures[f].dir}: {f.exception()}" for f in futures if f.exception() is not None]
+
+
+def start_experiment(args: argparse.Namespace,
+                     prepare: Callable[[argparse.Namespace], None]) -> float:
+    """The start of an experiment's main, once its flags are parsed: the tools it starts are
+    stopped with it on SIGTERM (stop_tools_on_terminate), the clock starts, and ``prepare(args)``
+    runs where --stages has prepare. Returns the start time, for finish_experiment."""
+    stop_tools_on_terminate()
+    started = time.monotonic()
+    if "prepare" in args.stages:
+        prepare(args)
+    return started
+
+
+def finish_experiment(args: argparse.Namespace, runs: Sequence[Run],
+                      write_table: Callable[[argparse.Namespace, Sequence[Run]], None],
+                      started: float, failures: Sequence[str] = ()) -> int:
+    """The end of an experiment's main: ``write_table(args, runs)`` where --stages has table,
+    then the runs that failed (``failures``, as run_in_parallel gives them) and the time since
+    ``started``. Returns the exit status: 1 where a run failed, else 0."""
+    if "table" in args.stages:
+        write_table(args, runs)
+    for failure in failures:
+        print(f"failed: {failure}", flush=True)
+    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
+    return 1 if failures else 0
 
 
 def mean_and_spread(values: Sequence[float]) -> Optional[tuple]:

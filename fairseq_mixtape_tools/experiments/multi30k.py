@@ -42,14 +42,14 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 
 from ..arguments import check_counts, check_data_dir, comma_list
-from ..runner import PACKAGE_DIR, run_tool, say, stop_tools_on_terminate
+from ..runner import PACKAGE_DIR, run_tool, say
 from .common import (
-    OUTPUT_VARIANTS, REPO, Run, add_experiment_flags, check_experiment_flags, format_mean, is_mos,
-    measure_rank, plan_runs, rank_cell, restore_finished, run_in_parallel, scale_text,
-    seconds_per_epoch, seeds_cell, values_of, variant_arguments, write_results)
+    OUTPUT_VARIANTS, REPO, Run, add_experiment_flags, check_experiment_flags, finish_experiment,
+    format_mean, is_mos, measure_rank, plan_runs, rank_cell, restore_finished, run_in_parallel,
+    scale_text, seconds_per_epoch, seeds_cell, start_experiment, values_of, variant_arguments,
+    write_results)
 
 LAYERS = ("softmax", "mixtape", "control")  # MoS on request: --layers softmax,...,mos
 STAGES = ("prepare", "train", "average", "tune", "generate", "rank", "table")
@@ -434,10 +434,7 @@ def write_table(args, runs):
 
 def main(argv=None):
     args = parse_args(argv)
-    stop_tools_on_terminate()
-    started = time.monotonic()
-    if "prepare" in args.stages:
-        prepare(args)
+    started = start_experiment(args, prepare)
     runs = plan(args)
     if args.restore:
         restore(args, runs)
@@ -446,10 +443,5 @@ def main(argv=None):
     if "generate" in args.stages and not failures:
         for run in runs:  # those trained before the length penalty was tuned
             execute(args, run, runs)
-    if "table" in args.stages:
-        write_table(args, runs)
-    for failure in failures:
-        print(f"failed: {failure}", flush=True)
-    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
-    return 1 if failures else 0
+    return finish_experiment(args, runs, write_table, started, failures)
 

@@ -19,14 +19,13 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 from ..arguments import check_components, check_counts, check_data_dir
-from ..runner import stop_tools_on_terminate
 from .common import (
     OUTPUT_VARIANTS, REPO, Run, add_experiment_flags, check_experiment_flags, evaluate_lm,
-    format_mean, is_mos, measure_rank, plan_runs, rank_cell, relative_to, scale_text, seeds_text,
-    takes_components, values_of, variant_arguments, write_results)
+    finish_experiment, format_mean, is_mos, measure_rank, plan_runs, rank_cell, relative_to,
+    scale_text, seeds_text, start_experiment, takes_components, values_of, variant_arguments,
+    write_results)
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
 STAGES = ("prepare", "train", "eval", "rank", "table")
@@ -105,6 +104,15 @@ def run_for(args, layer, seed):
     return Run(args.out / "runs", layer, seed)
 
 
+def prepare(args):
+    """prepare.sh ptb --local DATA: fairseq-preprocess'd PTB in OUT/data-bin."""
+    # prepare.sh calls fairseq-preprocess: the one of this Python's environment, activated or not
+    path = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    subprocess.run(["bash", str(REPO / "examples/language_model/prepare.sh"), "ptb",
+                    "--local", str(args.data), "--out", str(args.out), "--workers", "2"],
+                   check=True, env=dict(os.environ, PATH=path))
+
+
 def train_arguments(args, run):
     arch = "transformer_lm_mos" if is_mos(run.layer) else "transformer_lm_mixtape"
     layer_args = variant_arguments(run.layer, args.components, args.context_scale)
@@ -161,15 +169,7 @@ def write_table(args, runs):
 
 def main(argv=None):
     args = parse_args(argv)
-    stop_tools_on_terminate()
-    started = time.monotonic()
-    if "prepare" in args.stages:
-        # prepare.sh calls fairseq-preprocess: the one of this Python's environment, activated
-        # or not
-        path = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        subprocess.run(["bash", str(REPO / "examples/language_model/prepare.sh"), "ptb",
-                        "--local", str(args.data), "--out", str(args.out), "--workers", "2"],
-                       check=True, env=dict(os.environ, PATH=path))
+    started = start_experiment(args, prepare)
     runs = plan(args)
     for run in runs:
         if "train" in args.stages:
@@ -183,8 +183,5 @@ def main(argv=None):
         if "rank" in args.stages:
             run.step("rank", lambda: measure_rank(run, args.out / "data-bin", args.rank_contexts),
                      "log-probability matrix rank")
-    if "table" in args.stages:
-        write_table(args, runs)
-    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
-    return 0
+    return finish_experiment(args, runs, write_table, started)
 

@@ -45,15 +45,14 @@ import logging
 import math
 import pathlib
 import sys
-import time
 
 from ..arguments import check_counts, comma_list
-from ..runner import run_tool, stop_tools_on_terminate
+from ..runner import run_tool
 from .common import (
     OUTPUT_VARIANTS, REPO, Run, add_experiment_flags, check_experiment_flags, evaluate_lm,
-    format_mean, is_mos, mean_and_spread, measure_rank, plan_runs, plugin_commit, rank_cell,
-    relative_to, repo_path, restore_finished, run_in_parallel, seconds_per_epoch, seeds_cell,
-    values_of, variant_arguments, write_results)
+    finish_experiment, format_mean, is_mos, mean_and_spread, measure_rank, plan_runs,
+    plugin_commit, rank_cell, relative_to, repo_path, restore_finished, run_in_parallel,
+    seconds_per_epoch, seeds_cell, start_experiment, values_of, variant_arguments, write_results)
 
 DEFAULT_VARIANTS = ["softmax", "mixtape", "control", "mos", "mixtape_papers"]
 EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control")
@@ -410,10 +409,7 @@ def plot_curves(args, by_cell):
 
 def main(argv=None):
     args = parse_args(argv)
-    stop_tools_on_terminate()
-    started = time.monotonic()
-    if "prepare" in args.stages:
-        prepare(args)
+    started = start_experiment(args, prepare)
     total = total_updates(args)
     args.settings = settings(args)  # once: the plugin's commit asks git
     runs = plan(args)
@@ -427,10 +423,5 @@ def main(argv=None):
             return 2
     print(f"{len(runs)} runs, {total} updates each, {args.jobs} at a time", flush=True)
     failures = run_in_parallel(runs, lambda run: execute(args, run), args.jobs)
-    if "table" in args.stages:
-        write_table(args, runs)
-    for failure in failures:
-        print(f"failed: {failure}", flush=True)
-    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
-    return 1 if failures else 0
+    return finish_experiment(args, runs, write_table, started, failures)
 
