@@ -41,7 +41,6 @@ sweep_curves.png (every run's validation perplexity by epoch).
 
 import argparse
 import json
-import logging
 import math
 import pathlib
 import sys
@@ -339,17 +338,10 @@ def write_table(args, runs):
     plot_curves(args, by_cell)
 
 
-def pyplot():
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging says DEBUG
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot(args, by_cell):
     """sweep_ppl.png: test perplexity against E; sweep_relative.png: over softmax's."""
+    from ..bottleneck import pyplot  # when needed: it imports torch
+
     plt = pyplot()
     softmax = {dim: mean_and_spread(values_of(by_cell.get((dim, "softmax"), []), "test_ppl"))
                for dim in args.dims}
@@ -383,6 +375,8 @@ def plot(args, by_cell):
 
 def plot_curves(args, by_cell):
     """sweep_curves.png: every run's validation perplexity by epoch, one panel per E."""
+    from ..bottleneck import pyplot  # when needed: it imports torch
+
     plt = pyplot()
     fig, axes = plt.subplots(1, len(args.dims), figsize=(3.2 * len(args.dims), 3.6),
                              squeeze=False)
