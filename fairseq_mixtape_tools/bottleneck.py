@@ -284,15 +284,22 @@ def measure_checkpoint(checkpoint, data=None, subset: str = "test", max_contexts
 # The plot and the command line
 
 
-def plot_spectra(reports: Sequence[RankReport], path: pathlib.Path, title: str = "") -> None:
-    """Normalised singular values s_i / s_1 (log scale) of every report, overlaid; a dotted line
-    at each report's softmax bound d + 1."""
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger: DEBUG
+def pyplot():
+    """matplotlib.pyplot, drawing to files (the Agg backend: no display needed), with matplotlib's
+    messages below WARNING left out (fairseq's root logger is at DEBUG): for every plot of the
+    tools (this diagnostic's, the benchmark's, the experiments')."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot_spectra(reports: Sequence[RankReport], path: pathlib.Path, title: str = "") -> None:
+    """Normalised singular values s_i / s_1 (log scale) of every report, overlaid; a dotted line
+    at each report's softmax bound d + 1."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for report in reports:
         spectrum = report.singular_values / report.singular_values[0]

@@ -45,7 +45,6 @@ scaled by the measured / estimated time of the cells so far.
 
 import csv
 import gc
-import logging
 import math
 import shlex
 import statistics
@@ -57,6 +56,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..bottleneck import pyplot
 from ..memory import LiveTensorPeak, malloc_trim
 from .measure import (Result, autocast, compiled_graphs, layer_config, log, measure, params_m,
                       synchronize)
@@ -604,13 +604,9 @@ def markdown(rows, args, device) -> str:
 def plot(rows, path: Path, args, device):
     """Heat maps of time / softmax's over (E, V): one row of panels per layer (Mixtape, MoS),
     eager and compiled side by side on one colour scale; cells annotated 'ratio (F flops)'."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger is at DEBUG
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     cells, (dims, vocabs) = cell_rows(rows), grid_axes(rows, args)
     layers = GRID_LAYERS[1:]
     cmap = plt.get_cmap("YlOrRd").with_extremes(bad="lightgrey")  # grey: skipped or not run

@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import torch
 
+from ..bottleneck import pyplot
 from .measure import (CHUNKED, COMPILE_WARMUP, COMPILED, DEFAULT_CHUNKS, LAYERS, LINEAR, STOCK,
                       Result, chunk_name, log)
 
@@ -441,14 +442,7 @@ def write_csv(results: List[Result], path: Path, args):
 
 
 def plot(results: List[Result], path: Path, args, device):
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger is at DEBUG
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ol = [r for r in results if r.section == "output_layer"]
     mem = "CUDA peak" if device.type == "cuda" else "peak RSS growth"
     panels = [("train", "times", "forward+backward time per step (ms)"),

@@ -9,8 +9,8 @@
   sweep     the output-width sweep of a word-level language model
             (examples/language_model/bottleneck_sweep.py)
   common    what they share: that interface, the output variants they compare
-            (OUTPUT_VARIANTS), the checks of the flags they have in common, runs, their steps
-            and results, and the tables
+            (OUTPUT_VARIANTS), the flags they have in common (their definitions and checks),
+            runs, their steps and results, and the tables
 
 The scripts in ``examples/`` only call each module's ``main``. This module imports nothing;
 import the experiment you need, e.g. ``fairseq_mixtape_tools.experiments.sweep``.

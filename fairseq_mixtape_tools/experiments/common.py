@@ -1,8 +1,9 @@
 """What the experiments (``ptb``, ``multi30k``, ``sweep``; launched by the scripts in
 ``examples/``) share: the interface each offers (``Driver``), the output variants they compare
-and the checks of the flags they have in common, one training run per (output layer, seed)
-through the real fairseq command-line tools, each finished step remembered in a JSON file so that
-a rerun skips it, and a table of mean and spread over seeds.
+and the flags they have in common (their definitions and checks), one training run per (output
+layer, seed) through the real fairseq command-line tools, each finished step remembered in a JSON
+file so that a rerun skips it, a table of mean and spread over seeds, and the start and the end
+that each one's ``main`` has around its runs (``start_experiment``, ``finish_experiment``).
 
 A run directory holds ``train.log`` (fairseq's output), ``checkpoint_last.pt`` and
 ``result.json``: everything measured about that run, read from the tools' own output.
@@ -15,12 +16,14 @@ import math
 import pathlib
 import statistics
 import subprocess
+import time
 from typing import (Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple,
                     runtime_checkable)
 
 from ..arguments import (check_choices, check_counts, check_positive, check_probability,
-                         flag_dest, flag_value, has_flag, parse_layers, parse_seeds)
-from ..runner import PACKAGE_DIR, parse_train_log, run_tool, say, train_progress_printer
+                         comma_list, flag_dest, flag_value, has_flag, parse_layers, parse_seeds)
+from ..runner import (PACKAGE_DIR, parse_train_log, run_tool, say, stop_tools_on_terminate,
+                      train_progress_printer)
 
 # The checkout these tools run from: the experiments' default folders (../shared/data beside it,
 # examples/*/results in it) and the scripts they call are found there.
@@ -35,11 +38,12 @@ def repo_path(path) -> str:
             else str(path))
 
 __all__ = ["REPO", "repo_path", "PACKAGE_DIR", "Driver", "OUTPUT_VARIANTS", "SCALED_VARIANTS",
-           "variant_arguments", "takes_components", "is_mos", "check_experiment_flags", "Run",
-           "plan_runs", "run_in_parallel", "restore_finished", "plugin_commit", "evaluate_lm",
-           "measure_rank", "parse_train_log", "mean_and_spread", "format_mean", "values_of",
-           "relative_to", "seconds_per_epoch", "seeds_text", "seeds_cell", "scale_text",
-           "rank_cell", "plot_run_spectra", "write_results"]
+           "variant_arguments", "takes_components", "is_mos", "EXPERIMENT_FLAGS",
+           "add_experiment_flags", "check_experiment_flags", "Run", "plan_runs",
+           "start_experiment", "run_in_parallel", "finish_experiment", "restore_finished",
+           "plugin_commit", "evaluate_lm", "measure_rank", "parse_train_log", "mean_and_spread",
+           "format_mean", "values_of", "relative_to", "seconds_per_epoch", "seeds_text",
+           "seeds_cell", "scale_text", "rank_cell", "plot_run_spectra", "write_results"]
 
 
 @runtime_checkable
@@ -124,6 +128,52 @@ def is_mos(variant: str) -> bool:
 # The seed lists of the experiments, and whether each may be empty ('': no such runs).
 SEED_FLAGS = {"--seeds": False, "--mos-seeds": True, "--control-seeds": True,
               "--extra-seeds": True}
+
+
+# The flags that two or more experiments define alike (the same type and help; the default may be
+# each driver's own), for add_experiment_flags: parser.add_argument's options. A flag without a
+# default here has a different one in each experiment: its driver gives its own. --stages' help
+# lists the driver's stages, which are its default.
+EXPERIMENT_FLAGS: Dict[str, Dict[str, Any]] = {
+    "--stages": {"type": comma_list(str),
+                 "help": lambda stages: f"steps to run, from {', '.join(stages)}"},
+    "--jobs": {"type": int, "default": 1, "help": "runs trained at once"},
+    "--threads": {"type": int, "default": 1, "help": "torch threads per process"},
+    "--ffn-dim": {"type": int, "default": 512},
+    "--context-scale": {"type": float, "default": None,
+                        "help": "--output-context-scale of MoS and Mixtape (default: the "
+                                "plugin's, matched to softmax's initial spread; 1 = the papers)"},
+    "--max-epochs": {"type": int, "help": "epochs of every run"},
+    "--tokens-per-sample": {"type": int},
+    "--warmup-updates": {"type": int},
+    "--dropout": {"type": float},
+    "--rank-contexts": {"type": int, "default": 2000,
+                        "help": "test contexts (rows) of the log-probability matrix"},
+}
+
+
+def add_experiment_flags(parser: argparse.ArgumentParser, *flags: str,
+                         helps: Optional[Dict[str, str]] = None, **defaults) -> None:
+    """Add the shared ``flags`` (EXPERIMENT_FLAGS) to an experiment's ``parser``, in the order
+    given (their order in --help). ``defaults``, by the flag's attribute (``dropout=0.2``), are
+    the driver's own defaults, needed where EXPERIMENT_FLAGS has none; ``helps``, by flag, the
+    driver's own wording of a flag's help."""
+    added = {flag_dest(flag) for flag in flags}
+    unknown = [f"--{dest.replace('_', '-')}" for dest in defaults if dest not in added]
+    unknown += [flag for flag in helps or {} if flag not in flags]
+    if unknown:
+        raise TypeError(f"a default or help of flags not added: {', '.join(unknown)}")
+    for flag in flags:
+        options = dict(EXPERIMENT_FLAGS[flag])
+        if flag_dest(flag) in defaults:
+            options["default"] = defaults[flag_dest(flag)]
+        elif "default" not in options:
+            raise TypeError(f"{flag}: the experiments' defaults differ; give the driver's own")
+        if helps and flag in helps:
+            options["help"] = helps[flag]
+        elif callable(options.get("help")):
+            options["help"] = options["help"](options["default"])
+        parser.add_argument(flag, **options)
 
 
 def check_experiment_flags(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -266,6 +316,32 @@ def run_in_parallel(runs: Sequence[Run], execute: Callable[[Run], None], jobs: i
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {pool.submit(execute, run): run for run in runs}
     return [f"{futures[f].dir}: {f.exception()}" for f in futures if f.exception() is not None]
+
+
+def start_experiment(args: argparse.Namespace,
+                     prepare: Callable[[argparse.Namespace], None]) -> float:
+    """The start of an experiment's main, once its flags are parsed: the tools it starts are
+    stopped with it on SIGTERM (stop_tools_on_terminate), the clock starts, and ``prepare(args)``
+    runs where --stages has prepare. Returns the start time, for finish_experiment."""
+    stop_tools_on_terminate()
+    started = time.monotonic()
+    if "prepare" in args.stages:
+        prepare(args)
+    return started
+
+
+def finish_experiment(args: argparse.Namespace, runs: Sequence[Run],
+                      write_table: Callable[[argparse.Namespace, Sequence[Run]], None],
+                      started: float, failures: Sequence[str] = ()) -> int:
+    """The end of an experiment's main: ``write_table(args, runs)`` where --stages has table,
+    then the runs that failed (``failures``, as run_in_parallel gives them) and the time since
+    ``started``. Returns the exit status: 1 where a run failed, else 0."""
+    if "table" in args.stages:
+        write_table(args, runs)
+    for failure in failures:
+        print(f"failed: {failure}", flush=True)
+    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
+    return 1 if failures else 0
 
 
 def mean_and_spread(values: Sequence[float]) -> Optional[tuple]:

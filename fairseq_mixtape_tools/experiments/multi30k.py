@@ -42,14 +42,14 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 
 from ..arguments import ArgumentParser, check_counts, check_data_dir, comma_list
-from ..runner import PACKAGE_DIR, run_tool, say, stop_tools_on_terminate
+from ..runner import PACKAGE_DIR, run_tool, say
 from .common import (
-    OUTPUT_VARIANTS, REPO, Run, check_experiment_flags, format_mean, is_mos, measure_rank,
-    plan_runs, rank_cell, restore_finished, run_in_parallel, scale_text, seconds_per_epoch,
-    seeds_cell, values_of, variant_arguments, write_results)
+    OUTPUT_VARIANTS, REPO, Run, add_experiment_flags, check_experiment_flags, finish_experiment,
+    format_mean, is_mos, measure_rank, plan_runs, rank_cell, restore_finished, run_in_parallel,
+    scale_text, seconds_per_epoch, seeds_cell, start_experiment, values_of, variant_arguments,
+    write_results)
 
 LAYERS = ("softmax", "mixtape", "control")  # MoS on request: --layers softmax,...,mos
 STAGES = ("prepare", "train", "average", "tune", "generate", "rank", "table")
@@ -81,9 +81,7 @@ def parse_args(argv=None):
     parser.add_argument("--test-sets", type=comma_list(str), default=[],
                         help="more test sets to score, NAME.en/NAME.de in --data (e.g. "
                              "test_2017_flickr,test_2017_mscoco,test_2018_flickr)")
-    parser.add_argument("--stages", type=comma_list(str), default=list(STAGES),
-                        help=f"steps to run, from {', '.join(STAGES)}")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    add_experiment_flags(parser, "--stages", "--jobs", stages=list(STAGES))
     parser.add_argument("--restore", action="store_true",
                         help="a run whose folder is missing (a fresh work tree) but whose "
                              "finished numbers RESULTS_DIR/multi30k.json holds is taken from it, "
@@ -93,20 +91,16 @@ def parse_args(argv=None):
     parser.add_argument("--vocab-size", type=int, default=8000,
                         help="joint sentencepiece BPE vocabulary")
     parser.add_argument("--dim", type=int, default=128, help="d: embeddings and model width")
-    parser.add_argument("--ffn-dim", type=int, default=512)
+    add_experiment_flags(parser, "--ffn-dim")
     parser.add_argument("--layers-per-stack", type=int, default=3,
                         help="encoder layers = decoder layers")
-    parser.add_argument("--context-scale", type=float, default=None,
-                        help="--output-context-scale of MoS and Mixtape (default: the plugin's, "
-                             "matched to softmax's initial spread; 1 = the papers)")
-    parser.add_argument("--max-epochs", type=int, default=20, help="epochs of every run")
+    add_experiment_flags(parser, "--context-scale", "--max-epochs", max_epochs=20)
     parser.add_argument("--max-update", type=int, default=0,
                         help="stop a run after this many updates as well (0: no limit)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens per batch")
     parser.add_argument("--lr", type=float, default=0.002,
                         help="Adam peak learning rate (linear warm-up, then inverse square root)")
-    parser.add_argument("--warmup-updates", type=int, default=800)
-    parser.add_argument("--dropout", type=float, default=0.2)
+    add_experiment_flags(parser, "--warmup-updates", "--dropout", warmup_updates=800, dropout=0.2)
     parser.add_argument("--average", type=int, default=5,
                         help="the evaluated model averages the last N epoch checkpoints")
     parser.add_argument("--beam", type=int, default=5)
@@ -114,9 +108,8 @@ def parse_args(argv=None):
                         default=[0.6, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0],
                         help="length penalties tried on the validation set (softmax, first "
                              "seed); a later, wider list scores only the new ones")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--rank-contexts", type=int, default=2000,
-                        help="target positions (rows) of the log-probability matrix")
+    add_experiment_flags(parser, "--threads", "--rank-contexts", helps={
+        "--rank-contexts": "target positions (rows) of the log-probability matrix"})
     args = parser.parse_args(argv)
     check_args(parser, args)
     return args
@@ -441,10 +434,7 @@ def write_table(args, runs):
 
 def main(argv=None):
     args = parse_args(argv)
-    stop_tools_on_terminate()
-    started = time.monotonic()
-    if "prepare" in args.stages:
-        prepare(args)
+    started = start_experiment(args, prepare)
     runs = plan(args)
     if args.restore:
         restore(args, runs)
@@ -453,10 +443,5 @@ def main(argv=None):
     if "generate" in args.stages and not failures:
         for run in runs:  # those trained before the length penalty was tuned
             execute(args, run, runs)
-    if "table" in args.stages:
-        write_table(args, runs)
-    for failure in failures:
-        print(f"failed: {failure}", flush=True)
-    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
-    return 1 if failures else 0
+    return finish_experiment(args, runs, write_table, started, failures)
 

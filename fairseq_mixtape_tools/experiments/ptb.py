@@ -19,14 +19,13 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
-from ..arguments import ArgumentParser, check_components, check_counts, check_data_dir, comma_list
-from ..runner import stop_tools_on_terminate
+from ..arguments import ArgumentParser, check_components, check_counts, check_data_dir
 from .common import (
-    OUTPUT_VARIANTS, REPO, Run, check_experiment_flags, evaluate_lm, format_mean, is_mos,
-    measure_rank, plan_runs, rank_cell, relative_to, scale_text, seeds_text, takes_components,
-    values_of, variant_arguments, write_results)
+    OUTPUT_VARIANTS, REPO, Run, add_experiment_flags, check_experiment_flags, evaluate_lm,
+    finish_experiment, format_mean, is_mos, measure_rank, plan_runs, rank_cell, relative_to,
+    scale_text, seeds_text, start_experiment, takes_components, values_of, variant_arguments,
+    write_results)
 
 LAYERS = ("softmax", "mixtape", "sigsoftmax", "mos")
 STAGES = ("prepare", "train", "eval", "rank", "table")
@@ -49,31 +48,26 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", default="1,2", help="training seeds")
     parser.add_argument("--mos-seeds", default="1",
                         help="seeds of the MoS runs (each costs about K softmax runs here)")
-    parser.add_argument("--stages", type=comma_list(str), default=list(STAGES),
-                        help="steps to run, in order")
+    add_experiment_flags(parser, "--stages", stages=list(STAGES),
+                         helps={"--stages": "steps to run, in order"})
     parser.add_argument("--dim", type=int, default=256,
                         help=f"d: the Transformer's width, so the rank a softmax reaches (d + 1); "
                              f"a multiple of {HEADS}, the attention heads")
     parser.add_argument("--embed-dim", type=int, default=512,
                         help="tied input/output embeddings (transformer_lm's default input and "
                              "output dims; projected to and from --dim)")
-    parser.add_argument("--ffn-dim", type=int, default=512)
+    add_experiment_flags(parser, "--ffn-dim")
     parser.add_argument("--decoder-layers", type=int, default=2)
     parser.add_argument("--components", type=int, default=4,
                         help="K of MoS and Mixtape (a power of two for Mixtape)")
-    parser.add_argument("--context-scale", type=float, default=None,
-                        help="--output-context-scale of MoS and Mixtape (default: the plugin's, "
-                             "matched to softmax's initial spread; 1 = the papers)")
+    add_experiment_flags(parser, "--context-scale")
     parser.add_argument("--updates", type=int, default=400, help="updates per run")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="blocks of --tokens-per-sample tokens per update")
-    parser.add_argument("--tokens-per-sample", type=int, default=35)
+    add_experiment_flags(parser, "--tokens-per-sample", tokens_per_sample=35)
     parser.add_argument("--lr", type=float, default=0.003,
                         help="Adam peak learning rate (linear warm-up, then linear decay to 0)")
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--rank-contexts", type=int, default=2000,
-                        help="test contexts (rows) of the log-probability matrix")
+    add_experiment_flags(parser, "--dropout", "--threads", "--rank-contexts", dropout=0.1)
     args = parser.parse_args(argv)
     check_args(parser, args)
     return args
@@ -108,6 +102,15 @@ def plan(args):
 
 def run_for(args, layer, seed):
     return Run(args.out / "runs", layer, seed)
+
+
+def prepare(args):
+    """prepare.sh ptb --local DATA: fairseq-preprocess'd PTB in OUT/data-bin."""
+    # prepare.sh calls fairseq-preprocess: the one of this Python's environment, activated or not
+    path = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    subprocess.run(["bash", str(REPO / "examples/language_model/prepare.sh"), "ptb",
+                    "--local", str(args.data), "--out", str(args.out), "--workers", "2"],
+                   check=True, env=dict(os.environ, PATH=path))
 
 
 def train_arguments(args, run):
@@ -166,15 +169,7 @@ def write_table(args, runs):
 
 def main(argv=None):
     args = parse_args(argv)
-    stop_tools_on_terminate()
-    started = time.monotonic()
-    if "prepare" in args.stages:
-        # prepare.sh calls fairseq-preprocess: the one of this Python's environment, activated
-        # or not
-        path = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        subprocess.run(["bash", str(REPO / "examples/language_model/prepare.sh"), "ptb",
-                        "--local", str(args.data), "--out", str(args.out), "--workers", "2"],
-                       check=True, env=dict(os.environ, PATH=path))
+    started = start_experiment(args, prepare)
     runs = plan(args)
     for run in runs:
         if "train" in args.stages:
@@ -188,8 +183,5 @@ def main(argv=None):
         if "rank" in args.stages:
             run.step("rank", lambda: measure_rank(run, args.out / "data-bin", args.rank_contexts),
                      "log-probability matrix rank")
-    if "table" in args.stages:
-        write_table(args, runs)
-    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
-    return 0
+    return finish_experiment(args, runs, write_table, started)
 

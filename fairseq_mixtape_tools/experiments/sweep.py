@@ -41,19 +41,17 @@ sweep_curves.png (every run's validation perplexity by epoch).
 
 import argparse
 import json
-import logging
 import math
 import pathlib
 import sys
-import time
 
 from ..arguments import ArgumentParser, check_counts, comma_list
-from ..runner import run_tool, stop_tools_on_terminate
+from ..runner import run_tool
 from .common import (
-    OUTPUT_VARIANTS, REPO, Run, repo_path, check_experiment_flags, evaluate_lm, format_mean, is_mos,
-    mean_and_spread, measure_rank, plan_runs, plugin_commit, rank_cell, relative_to,
-    restore_finished, run_in_parallel, seconds_per_epoch, seeds_cell, values_of,
-    variant_arguments, write_results)
+    OUTPUT_VARIANTS, REPO, Run, add_experiment_flags, check_experiment_flags, evaluate_lm,
+    finish_experiment, format_mean, is_mos, mean_and_spread, measure_rank, plan_runs,
+    plugin_commit, rank_cell, relative_to, repo_path, restore_finished, run_in_parallel,
+    seconds_per_epoch, seeds_cell, start_experiment, values_of, variant_arguments, write_results)
 
 DEFAULT_VARIANTS = ["softmax", "mixtape", "control", "mos", "mixtape_papers"]
 EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control")
@@ -95,29 +93,24 @@ def parse_args(argv=None):
                         help="the E at which mos runs")
     parser.add_argument("--papers-dims", type=comma_list(int), default=[16],
                         help="the E at which mixtape_papers runs")
-    parser.add_argument("--stages", type=comma_list(str), default=list(STAGES),
-                        help=f"steps to run, from {', '.join(STAGES)}")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    add_experiment_flags(parser, "--stages", "--jobs", stages=list(STAGES))
     parser.add_argument("--restore", action="store_true",
                         help="a run whose folder is missing (a fresh work tree) but whose "
                              "finished numbers RESULTS_DIR/sweep.json holds is taken from it, "
                              "not trained again (that file must come from the same settings)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--max-epochs", type=int, default=6, help="epochs of every run")
+    add_experiment_flags(parser, "--threads", "--max-epochs", max_epochs=6,
+                         helps={"--threads": "torch threads per run"})
     parser.add_argument("--body-dim", type=int, default=128, help="width of the Transformer")
     parser.add_argument("--body-layers", type=int, default=2)
-    parser.add_argument("--ffn-dim", type=int, default=512)
-    parser.add_argument("--tokens-per-sample", type=int, default=64)
+    add_experiment_flags(parser, "--ffn-dim", "--tokens-per-sample", tokens_per_sample=64)
     parser.add_argument("--batch-size", type=int, default=32, help="blocks per update")
     parser.add_argument("--lr", type=float, default=0.002, help="Adam's peak learning rate")
-    parser.add_argument("--warmup-updates", type=int, default=200)
-    parser.add_argument("--dropout", type=float, default=0.1)
+    add_experiment_flags(parser, "--warmup-updates", "--dropout", warmup_updates=200, dropout=0.1)
     parser.add_argument("--clip-norm", type=float, default=1.0,
                         help="the whole gradient's norm is clipped to this (0: not clipped)")
     parser.add_argument("--save-updates", type=int, default=500,
                         help="a mid-epoch checkpoint every N updates, to resume from")
-    parser.add_argument("--rank-contexts", type=int, default=2000,
-                        help="test contexts (rows) of the log-probability matrix")
+    add_experiment_flags(parser, "--rank-contexts")
     args = parser.parse_args(argv)
     check_args(parser, args)
     args.total_updates = None  # counted from the prepared data when first needed: total_updates
@@ -345,17 +338,10 @@ def write_table(args, runs):
     plot_curves(args, by_cell)
 
 
-def pyplot():
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging says DEBUG
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot(args, by_cell):
     """sweep_ppl.png: test perplexity against E; sweep_relative.png: over softmax's."""
+    from ..bottleneck import pyplot  # when needed: it imports torch
+
     plt = pyplot()
     softmax = {dim: mean_and_spread(values_of(by_cell.get((dim, "softmax"), []), "test_ppl"))
                for dim in args.dims}
@@ -389,6 +375,8 @@ def plot(args, by_cell):
 
 def plot_curves(args, by_cell):
     """sweep_curves.png: every run's validation perplexity by epoch, one panel per E."""
+    from ..bottleneck import pyplot  # when needed: it imports torch
+
     plt = pyplot()
     fig, axes = plt.subplots(1, len(args.dims), figsize=(3.2 * len(args.dims), 3.6),
                              squeeze=False)
@@ -415,10 +403,7 @@ def plot_curves(args, by_cell):
 
 def main(argv=None):
     args = parse_args(argv)
-    stop_tools_on_terminate()
-    started = time.monotonic()
-    if "prepare" in args.stages:
-        prepare(args)
+    started = start_experiment(args, prepare)
     total = total_updates(args)
     args.settings = settings(args)  # once: the plugin's commit asks git
     runs = plan(args)
@@ -432,10 +417,5 @@ def main(argv=None):
             return 2
     print(f"{len(runs)} runs, {total} updates each, {args.jobs} at a time", flush=True)
     failures = run_in_parallel(runs, lambda run: execute(args, run), args.jobs)
-    if "table" in args.stages:
-        write_table(args, runs)
-    for failure in failures:
-        print(f"failed: {failure}", flush=True)
-    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
-    return 1 if failures else 0
+    return finish_experiment(args, runs, write_table, started, failures)
 
