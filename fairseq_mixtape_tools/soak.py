@@ -1,4 +1,4 @@
-"""Soak test (a long run, not in CI; tests/test_soak.py runs it at toy size): train a small
+"""Soak test (a long run, not in CI; tests/tools/test_soak.py runs it at toy size): train a small
 Mixtape language model for many updates on real data (Penn Treebank), in reduced precision where
 available, then check that every logged loss stayed finite, that checkpoints were saved, and that
 every saved checkpoint loads and evaluates to a finite perplexity.
@@ -7,7 +7,7 @@ every saved checkpoint loads and evaluates to a finite perplexity.
     python scripts/soak.py --data-bin runs/ptb/data-bin --precision fp16     # on a GPU
 
 Precision: fp16 on a GPU; on CPU fp32 by default. --precision memory_efficient_fp16 is fairseq's
-float16 path on CPU: it trains (tests/test_reliability.py) but ran about 24x slower than fp32
+float16 path on CPU: it trains (tests/plugin/test_reliability.py) but ran about 24x slower than fp32
 here (0.14 vs 3.28 updates/s, 100 updates each). Prints one line per check and exits non-zero
 if any check fails. Prepare PTB first with
 examples/language_model/prepare.sh ptb --local DIR."""

@@ -28,7 +28,7 @@
     (``softmax+cross_entropy``) and the plugin's ``--linear-cross-entropy``. By default
     under ``FakeTensorMode`` (``FakeModelMode``): the step's tensors with their sizes and
     lifetimes but no arithmetic and no memory, so any size runs in seconds (equal, byte for
-    byte, to the computed step's peak: tests/test_benchmark.py); ``--memory-compute real``
+    byte, to the computed step's peak: tests/tools/test_benchmark.py); ``--memory-compute real``
     computes it.
 
 ``--compile both`` (or ``compiled``) adds to ``mt`` and ``lm`` each layer's model built with

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from fairseq_mixtape.output_layers import OutputLayerConfig, build_output_layer
-from helpers import LAYERS
+from layers import LAYERS
 from references import mixtape_reference
 
 SETTINGS = settings(max_examples=40, deadline=None)

@@ -10,7 +10,7 @@ import pytest
 
 import fairseq_mixtape_tools
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_tools_are_a_separate_package():

@@ -15,7 +15,7 @@ from fairseq_mixtape_tools import gradient_norms
 from helpers import random_corpus
 from refusals import refused
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts/gradient_norms.py"
 SWEEP = REPO / "examples/language_model/bottleneck_sweep.py"
 TINY = ("--dims 8 --body-dim 16 --body-layers 1 --ffn-dim 32 --tokens-per-sample 16 "

@@ -190,7 +190,7 @@ def test_two_process_data_parallel_training_on_cpu(layer, data, tmp_path):
 # User errors in the other tools: one line on stderr naming the flag and the value, exit
 # status 2, before any work, never a traceback (tests/refusals.py). Each case runs the tool's
 # main in this process; each command a user types runs once as a subprocess below.
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO / "tests" / "fixtures" / "projection_wiring" / "transformer_lm_control.pt"
 BAD_COMMAND_LINES = {  # case: (tool, argv, the message after "PROG: error: ")
     "benchmark --repeats": (benchmark, ["--repeats", "0"],

@@ -134,7 +134,7 @@ def test_bad_arguments_name_the_flag(tmp_path, capsys):
 # User errors: one line on stderr naming the argument and the value, exit status 2, before any
 # work, never a traceback. A checkpoint that needs no training: the language model of
 # tests/fixtures/projection_wiring (trained on make_lm_data's corpus, whose folder is gone).
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 LM_CHECKPOINT = REPO / "tests" / "fixtures" / "projection_wiring" / "transformer_lm_control.pt"
 LM_DICTIONARY = LM_CHECKPOINT.parent / "dict.txt"
 

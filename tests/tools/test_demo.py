@@ -13,7 +13,7 @@ import pytest
 from fairseq_mixtape_tools import demo
 from refusals import refused
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

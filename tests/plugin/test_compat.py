@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from fairseq_mixtape import compat
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 class NotAllowlisted:

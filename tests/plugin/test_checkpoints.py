@@ -11,7 +11,7 @@ from fairseq import checkpoint_utils
 from fairseq_mixtape.models import output_layer_of
 from helpers import NARROW  # the d = 16, E = 8 flags the fixtures were made with
 
-LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"  # made by make.py there
+LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"  # made by make.py there
 
 
 def load(path: Path):
@@ -47,7 +47,7 @@ def test_new_checkpoint_stores_the_derived_values(tmp_path):
     assert float(layer.context_scale) == float(scale) != 1.0
 
 
-PROJECTION = Path(__file__).resolve().parent / "fixtures" / "projection_wiring"  # its make.py
+PROJECTION = Path(__file__).resolve().parents[1] / "fixtures" / "projection_wiring"  # its make.py
 FAMILIES = ("transformer_lm", "lstm_lm")
 VARIANTS = ("mos", "mos_sigsoftmax", "mixtape", "control")
 STOCK_PROJECTION = {"transformer_lm": "project_out_dim", "lstm_lm": "additional_fc"}

@@ -30,7 +30,7 @@ from fairseq_mixtape_tools.runner import PACKAGE_DIR
 
 DRIVERS = {"ptb": ptb, "multi30k": multi30k, "sweep": sweep}
 
-FIXTURE = json.loads((pathlib.Path(__file__).parent / "fixtures"
+FIXTURE = json.loads((pathlib.Path(__file__).resolve().parents[1] / "fixtures"
                       / "experiment_train_arguments.json").read_text())
 CASES = [(driver, index, case) for driver, cases in FIXTURE["drivers"].items()
          for index, case in enumerate(cases)]

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # A stand-in for fairseq's tools: ``python -m fairseq_cli.sleeper N`` prints its pid, then sleeps.
 SLEEPER = "import os, sys, time\nprint('started', os.getpid(), flush=True)\ntime.sleep(120)\n"

@@ -17,7 +17,7 @@ from fairseq_mixtape_tools.experiments.common import (
     seeds_text, variant_arguments)
 from refusals import refused
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 D = 16
 
 

@@ -97,7 +97,7 @@ def test_logit_scale_script_checks_the_experiment_network():
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "logit_scale.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "logit_scale.py"
     default = subprocess.run([sys.executable, script, "--networks", "ptb", "--check"],
                              capture_output=True, text=True, timeout=600)
     assert default.returncode == 0, default.stdout + default.stderr[-2000:]

@@ -12,7 +12,7 @@ import pytest
 from fairseq_mixtape_tools.experiments import sweep
 from refusals import refused
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples/language_model/bottleneck_sweep.py"
 
 
