@@ -17,6 +17,22 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PIP=("$VENV/bin/python" -m pip install --quiet)
 
+# Nothing to do when the environment was set up from these same files and still imports this
+# checkout's plugin (a stamp of what went in; any change of them installs again).
+STAMP="$VENV/.fairseq-mixtape-install"
+WANTED=$(cat requirements.txt setup.py "$0" | sha256sum | cut -d' ' -f1)-${TORCH_SPEC:-default}
+if [[ -f $STAMP && $(cat "$STAMP") == "$WANTED" ]] && "$VENV/bin/python" -c "
+import os, sys
+from importlib.util import find_spec  # finds the packages without importing torch
+plugin = find_spec('fairseq_mixtape')
+sys.exit(not find_spec('fairseq') or not plugin
+         or os.path.dirname(os.path.dirname(plugin.origin)) != os.getcwd())" 2>/dev/null
+then
+  echo "[install] up to date ($VENV, set up from these requirements.txt and setup.py)"
+  exit 0
+fi
+rm -f "$STAMP"
+
 echo "[install] build tools, numpy, torch (${TORCH_SPEC:=torch==2.13.0})"
 "${PIP[@]}" --upgrade pip setuptools wheel
 "${PIP[@]}" numpy cython "$TORCH_SPEC"
@@ -34,4 +50,5 @@ fi
 echo "[install] fairseq's runtime dependencies, the plugin and its test tools"
 "${PIP[@]}" -r requirements.txt
 "${PIP[@]}" --no-deps -e .
+echo "$WANTED" > "$STAMP"
 echo "[install] done: $("$VENV/bin/python" -c 'import torch, fairseq; print("torch", torch.__version__, "fairseq", fairseq.__version__)')"
