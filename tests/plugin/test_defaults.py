@@ -90,21 +90,16 @@ def test_gate_slots_refuse_tokens_never_seen():
 
 
 @pytest.mark.slow
-def test_logit_scale_script_checks_the_experiment_network():
+def test_logit_scale_script_checks_the_experiment_network(capsys):
     """scripts/logit_scale.py on the PTB experiment's network: every mixture within range by
-    default (exit 0 with --check), and the papers' c = 1 flagged (exit 1)."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    default (exit status 0 with --check), and the papers' c = 1 flagged (exit status 1)."""
+    from fairseq_mixtape_tools import logit_scale as script
 
-    script = Path(__file__).resolve().parents[2] / "scripts" / "logit_scale.py"
-    default = subprocess.run([sys.executable, script, "--networks", "ptb", "--check"],
-                             capture_output=True, text=True, timeout=600)
-    assert default.returncode == 0, default.stdout + default.stderr[-2000:]
-    assert default.stdout.count("\nptb ") == 10 and "outside" not in default.stdout
-    papers = subprocess.run([sys.executable, script, "--networks", "ptb", "--check",
-                             "--context-scale", "1"], capture_output=True, text=True, timeout=600)
-    assert papers.returncode == 1 and "ratio outside [0.75, 1.33]" in papers.stdout
+    assert script.main(["--networks", "ptb", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nptb ") == 10 and "outside" not in out
+    assert script.main(["--networks", "ptb", "--check", "--context-scale", "1"]) == 1
+    assert "ratio outside [0.75, 1.33]" in capsys.readouterr().out
 
 
 def test_logit_scale_script_builds_the_sweep_network_at_each_width(capsys):

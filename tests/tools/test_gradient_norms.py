@@ -46,7 +46,7 @@ def test_bad_flags_refused(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_groups_add_up_to_the_clipped_norm(tmp_path):
+def test_groups_add_up_to_the_clipped_norm(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for seed, split in enumerate(("train", "valid", "test")):
@@ -72,15 +72,15 @@ def test_groups_add_up_to_the_clipped_norm(tmp_path):
         for row in rows:
             assert math.isclose(sum(row["shares"].values()), 1.0, rel_tol=1e-9)
         assert rows[2]["median_norm"] == updates[2]["norm"]
-    again = run(SCRIPT, "--from-json", out)  # the table again, from the saved updates alone
-    assert again.returncode == 0 and "| mixtape | 1-3 |" in again.stdout, again.stderr[-2000:]
+    gradient_norms.main(["--from-json", str(out)])  # the table again, from the saved updates
+    assert "| mixtape | 1-3 |" in capsys.readouterr().out
     softmax_groups = set(found["summary"]["softmax"][0]["shares"])
     assert softmax_groups == {"body", "embeddings"}  # its word vectors are the embedding
     mixtape_groups = set(found["summary"]["mixtape"][0]["shares"])
     assert {"output: context", "output: shared_gate", "output: gate_hidden",
             "output: gate_embed", "output: gate_bias"} <= mixtape_groups
-    unclipped = run(SCRIPT, "--experiment-args", experiment + " --clip-norm 0", "--layers",
-                    "softmax", "--updates", 2)  # the experiment's own --clip-norm is measured
-    assert unclipped.returncode == 0, unclipped.stderr[-2000:]
-    assert "(clip norm 0)" in unclipped.stdout and "| softmax | 1-2 |" in unclipped.stdout
-    assert "| 0% |" in unclipped.stdout
+    gradient_norms.main(["--experiment-args", experiment + " --clip-norm 0", "--layers",
+                         "softmax", "--updates", "2"])  # the experiment's own --clip-norm
+    unclipped = capsys.readouterr().out
+    assert "(clip norm 0)" in unclipped and "| softmax | 1-2 |" in unclipped
+    assert "| 0% |" in unclipped

@@ -64,7 +64,7 @@ def test_corpus_without_a_split_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sweep_smoke(shared_data, tmp_path):
+def test_sweep_smoke(shared_data, tmp_path, capsys):
     corpus = tmp_path / "corpus"  # a tiny corpus named X.txt (the script also reads ptb.X.txt)
     corpus.mkdir()
     for split in ("train", "valid", "test"):
@@ -97,18 +97,18 @@ def test_sweep_smoke(shared_data, tmp_path):
     assert "nan" not in table
     for plot in ("sweep_ppl.png", "sweep_relative.png", "sweep_curves.png"):
         assert (tmp_path / "results" / plot).stat().st_size > 10_000
-    rerun = subprocess.run([*argv, "--stages", "train,eval,rank,table"], capture_output=True,
-                           text=True, timeout=600)
-    assert rerun.returncode == 0 and rerun.stdout.count("done already") == 4 * 4
+    # the reruns in this process: the script's own start is shown above
+    capsys.readouterr()
+    assert sweep.main([*argv[2:], "--stages", "train,eval,rank,table"]) == 0
+    assert capsys.readouterr().out.count("done already") == 4 * 4
 
     # a fresh work tree: the run folders are gone, the results JSON is kept
     import shutil
     shutil.rmtree(tmp_path / "out" / "runs")
-    restored = subprocess.run([*argv, "--stages", "train,eval,rank,table", "--restore"],
-                              capture_output=True, text=True, timeout=600)
-    assert restored.returncode == 0, (restored.stdout + restored.stderr)[-3000:]
-    assert restored.stdout.count("restored from") == 4
-    steps = [line for line in restored.stdout.splitlines() if ": E = " in line]
+    assert sweep.main([*argv[2:], "--stages", "train,eval,rank,table", "--restore"]) == 0
+    restored = capsys.readouterr().out
+    assert restored.count("restored from") == 4
+    steps = [line for line in restored.splitlines() if ": E = " in line]
     assert len(steps) == 4 and all(line.endswith("fairseq-train (2 epochs, "
                                                  f"{runs['E8_softmax_seed1']['updates']} "
                                                  "updates): done already") for line in steps)
