@@ -4,8 +4,10 @@ allowed, not a traceback minutes later from deep inside fairseq."""
 
 import argparse
 import math
+import os
 import pathlib
-from typing import Callable, List, Optional, Sequence
+import sys
+from typing import Callable, List, NoReturn, Optional, Sequence
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -14,6 +16,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def refuse(message: str) -> NoReturn:
+    """A user error found after the flags are parsed, still before any work: the same one line,
+    ``prog: error: message``, and exit status 2 as a parser's refusal."""
+    sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {message}\n")
+    raise SystemExit(2)
 
 
 def comma_list(kind: Callable) -> Callable[[str], list]:

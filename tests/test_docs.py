@@ -229,7 +229,13 @@ def test_commands_run(path, tmp_path, request):
     shared = None
     if any("shared/data" in block.code for block in runnable):
         shared = request.getfixturevalue("shared_data")  # skips where ../shared/data is absent
-    script = script_of(runnable, tmp_path, shared)
+    run_blocks(runnable, tmp_path, shared)
+
+
+def run_blocks(blocks: List[Block], tmp_path: Path, shared: Optional[Path]) -> str:
+    """Run ``blocks`` in order in one bash session, as a reader pastes them (``/tmp`` replaced
+    by ``tmp_path``); fails naming the block that failed. Returns what they printed."""
+    script = script_of(blocks, tmp_path, shared)
     (tmp_path / "docs_test.sh").write_text(script)
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -241,6 +247,16 @@ def test_commands_run(path, tmp_path, request):
     assert result.returncode == 0, (
         f"the block at {started[-1] if started else '?'} failed (exit {result.returncode})\n"
         f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-8000:]}")
+    return result.stdout + result.stderr
+
+
+def block_starting(path: Path, first_line: str) -> Block:
+    """The one fenced block of ``path`` whose code starts with ``first_line``."""
+    blocks, problems = parse(path)
+    assert not problems, "\n".join(problems)
+    found = [block for block in blocks if block.code.startswith(first_line)]
+    assert len(found) == 1, f"{path}: {len(found)} blocks start with {first_line!r}"
+    return found[0]
 
 
 def test_results_quote_the_generated_tables():

@@ -56,6 +56,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..arguments import refuse
 from ..bottleneck import pyplot
 from ..memory import LiveTensorPeak, malloc_trim
 from .measure import (Result, autocast, compiled_graphs, layer_config, log, measure, params_m,
@@ -357,9 +358,9 @@ def done_cells(rows, args, path: Path) -> set:
     for row in rows:
         theirs = {key: row[key] for key in CONFIG}
         if theirs != ours:
-            raise SystemExit(
-                f"{path} holds cells measured with {format_config(theirs)}; this run has "
-                f"{format_config(ours)}. Use another --name or --out-dir, or remove the file.")
+            refuse(f"--name: got {args.name!r}, whose {path} holds cells measured with "
+                   f"{format_config(theirs)}; this run has {format_config(ours)}; allowed: "
+                   "another --name or --out-dir, or the file removed")
     return {(int(row["dim"]), int(row["vocab"]), row["mode"]) for row in rows}
 
 

@@ -254,6 +254,22 @@ def test_grid_writes_tables_and_plot_and_resumes(tmp_path, capsys):
     assert read_grid(tmp_path) == rows
 
 
+def test_grid_refuses_a_csv_measured_with_other_settings(tmp_path, capsys):
+    """A grid CSV holds one configuration (positions, K, device, dtype, threads): a run with
+    another is refused before it measures, in one line naming --name and both."""
+    from fairseq_mixtape_tools.benchmark import grid
+
+    args = parse_args(grid_args(tmp_path, [8], [50]))
+    ours = grid.config(args)
+    rows = [{**ours, "positions": "999", "dim": "8", "vocab": "50", "mode": "eager"}]
+    message = refused(lambda _: grid.done_cells(rows, args, tmp_path / "grid.csv"), [], capsys)
+    assert message.startswith(f"--name: got 'grid', whose {tmp_path / 'grid.csv'} holds cells "
+                              "measured with ")
+    assert grid.format_config({**ours, "positions": "999"}) in message
+    assert f"this run has {grid.format_config(ours)}" in message
+    assert grid.done_cells(rows[:0], args, tmp_path / "grid.csv") == set()
+
+
 @pytest.mark.slow  # the benchmark itself
 def test_grid_skips_a_cell_that_would_not_fit(tmp_path, monkeypatch, capsys):
     """A cell whose estimated peak memory (with the margin) exceeds the memory available is
