@@ -1,6 +1,6 @@
 """The output layers under test, built as a user builds them (``OutputLayerConfig`` and
 ``build_output_layer``), and the registry's lists of them. Torch and the core only: the core's
-tests (test_core.py) also run in an environment without fairseq.
+tests (tests/core) also run in an environment without fairseq.
 
     layer = build_layer("mixtape", 12, 50, output_components=4, mixtape_gate_dim=3)
 """
