@@ -14,14 +14,15 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose errors are one line, ``prog: error: message``, with exit status
     2 (argparse's own prints the usage above it; --help still shows it)."""
 
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> NoReturn:
+        refuse(message, self.prog)
 
 
-def refuse(message: str) -> NoReturn:
-    """A user error found after the flags are parsed, still before any work: the same one line,
-    ``prog: error: message``, and exit status 2 as a parser's refusal."""
-    sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {message}\n")
+def refuse(message: str, prog: Optional[str] = None) -> NoReturn:
+    """A user's error, before any work: one line, ``prog: error: message``, on stderr and exit
+    status 2 (``prog``: argparse's default, the command's file name). The parsers' refusals
+    (ArgumentParser.error) and those found after parsing (e.g. a file's contents) alike."""
+    sys.stderr.write(f"{prog or os.path.basename(sys.argv[0])}: error: {message}\n")
     raise SystemExit(2)
 
 
