@@ -80,20 +80,17 @@ def parse_args(argv=None):
             parser.error(f"--from-json: {args.from_json} is not a --json file of this script "
                          "(JSON with every layer's 'updates')")
     elif not args.child:
+        # the experiment's own flags; --stages train: it checks no raw corpus (only its prepared
+        # data-bin is used)
+        args.options = EXPERIMENTS[args.experiment].parse_args(
+            [*shlex.split(args.experiment_args), "--stages", "train"])
         check_prepared(parser, args)
     return args
 
 
-def experiment_options(args):
-    """The experiment's own parsed flags; --stages train: it checks no raw corpus (only its
-    prepared data-bin is used)."""
-    return EXPERIMENTS[args.experiment].parse_args([*shlex.split(args.experiment_args),
-                                                    "--stages", "train"])
-
-
 def check_prepared(parser, args) -> None:
     """Refuse, before any work, an experiment whose data is not prepared."""
-    data_bin = experiment_options(args).out / "data-bin"
+    data_bin = args.options.out / "data-bin"
     if not (data_bin / "train.bin").is_file() and not any(data_bin.glob("train.*.bin")):
         parser.error(f"--experiment-args: no prepared data in {data_bin}; run "
                      f"{SCRIPTS[args.experiment]} --stages prepare (with the same --out) first")
@@ -103,7 +100,7 @@ def train_commands(args):
     """Each of --layers' fairseq-train arguments: the experiment's, stopped after --updates
     updates (its schedule unchanged: the sweep's decay still spans its whole run), saving
     nothing."""
-    experiment, options = EXPERIMENTS[args.experiment], experiment_options(args)
+    experiment, options = EXPERIMENTS[args.experiment], args.options
     commands = {layer: experiment.train_arguments(options, experiment.run_for(options, layer,
                                                                               args.seed))
                 for layer in args.layers}
