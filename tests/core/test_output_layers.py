@@ -1,6 +1,8 @@
 """Output layers against their equations, written out independently (tests/references.py and
 inline)."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn as nn
@@ -16,8 +18,7 @@ from references import (exact_log_sigsoftmax, manual_logsumexp, mixtape_referenc
 C, V = 12, 50
 
 
-def build(name, input_dim=C, num_tokens=V, **options):
-    return build_layer(name, input_dim, num_tokens, **options)
+build = functools.partial(build_layer, input_dim=C, num_tokens=V)
 
 
 def log_probs(layer, features):
