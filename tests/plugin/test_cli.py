@@ -227,6 +227,10 @@ BAD_COMMAND_LINES = {  # case: (tool, argv, the message after "PROG: error: ")
                                   "--output: got 'no/avg.pt', whose folder does not exist"),
     "precision --device": (precision, ["--device", "gpu"],
                            "--device: got 'gpu'; allowed: cpu, cuda"),
+    "benchmark --device cuda": (benchmark, ["--device", "cuda"],
+                                "--device: got 'cuda', but torch sees no CUDA device here"),
+    "precision --device cuda": (precision, ["--device", "cuda"],
+                                "--device: got 'cuda', but torch sees no CUDA device"),
     "precision --vocab": (precision, ["--vocab", "0"], "--vocab: got 0; allowed: whole numbers >= 1"),
     "demo --work-dir": (demo, ["--work-dir", "a-file/demo"],
                         "--work-dir: got 'a-file/demo', not a directory"),
@@ -238,6 +242,7 @@ def test_tools_refuse_bad_command_lines_in_one_line(case, tmp_path, monkeypatch,
     tool, argv, expected = BAD_COMMAND_LINES[case]
     (tmp_path / "a-file").write_text("not a checkpoint\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # as on a CPU-only machine
     assert refused(tool.main, argv, capsys).startswith(expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
 
