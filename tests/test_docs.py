@@ -284,3 +284,23 @@ def test_results_tables_finds_a_stale_copy(tmp_path):
     assert refreshed(text, tmp_path) == (text, [])
     with pytest.raises(SystemExit, match="missing.md: quoted in a document but not found"):
         refreshed("<!-- generated: missing.md -->\n<!-- end generated -->", tmp_path)
+
+
+def undocumented_flags(guide: str) -> List[str]:
+    """The plugin's fairseq-train flags that ``guide`` never names as `` `--flag``."""
+    import dataclasses
+
+    from fairseq_mixtape.models.flags import OutputLayerFlags, flag_name
+
+    flags = [flag_name(f.name) for f in dataclasses.fields(OutputLayerFlags)
+             if not f.name.startswith("_")]  # (FairseqDataclass._name: not a flag)
+    return [flag for flag in flags if not re.search(rf"`{re.escape(flag)}[` ]", guide)]
+
+
+def test_the_guide_documents_every_flag():
+    """Every flag the plugin adds to fairseq-train (OutputLayerFlags: the output layer's settings,
+    their former names, the wiring, compiling) is named in docs/guide.md; one left out is found."""
+    guide = (REPO / "docs" / "guide.md").read_text()
+    assert undocumented_flags(guide) == []
+    assert undocumented_flags(guide.replace("`--mixtape-gate-noise", "`--mixtape-noise")) == \
+        ["--mixtape-gate-noise"]
