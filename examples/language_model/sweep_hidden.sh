@@ -38,9 +38,10 @@ checkout() {  # a pinned checkout of commit $1 in runs/code-COMMIT, made once
   echo "$code"
 }
 CODE=$(checkout "$COMMIT")
+LINEAR_CODE=$(checkout "$LINEAR_COMMIT")
 RESULTS=$ROOT/examples/language_model/results
-OLD=$RESULTS/sweep.json   # the sweep with the mixtures after the projection (version 0.1)
-sweep() {  # the pinned checkout's sweep script and plugin (PYTHONPATH: not the installed one)
+OLD=examples/language_model/results/sweep.json   # the mixtures after the projection (0.1)
+sweep() {  # $CODE's sweep script and plugin (PYTHONPATH: not the installed one)
   PYTHONPATH=$ROOT/$CODE "$ROOT/.venv/bin/python" "$CODE/examples/language_model/bottleneck_sweep.py" \
     --data "$ROOT/../shared/data/ptb" "$@"
 }
@@ -49,25 +50,25 @@ twelve() {
   sweep --out runs/sweep_hidden_12ep --results-dir "$RESULTS/sweep_hidden_12ep" --max-epochs 12 \
     --dims 16 --extra-seeds '' "$@"
 }
-table() {  # every run of the 6-epoch sweep, finished or to come, in one table and figure
-  six --dims 16,32,64,128 --layers softmax,mixtape,control,mos,sigsoftmax --reuse "$OLD" \
-    --stages table > /dev/null
+table() {  # every run of the 6-epoch sweep, finished or to come, in one table and figure,
+  # written by this work tree's script (reading run folders changes no run in flight)
+  CODE=. six --dims 16,32,64,128 --layers softmax,mixtape,control,mos,sigsoftmax,mixtape_linear \
+    --reuse "$OLD" --stages table > /dev/null
 }
 
 # 1. E = 16: Mixtape and the control, seeds 1 and 2 (softmax's two seeds reused)
 six --dims 16 --layers softmax,mixtape,control --reuse "$OLD" --jobs 2
 table
-# 2 and 3 side by side, one run each at a time:
-#    the plateau check, 12 epochs at E = 16: softmax and Mixtape, then the control;
+# Then two lanes side by side, one run each at a time:
+#    the plateau check, 12 epochs at E = 16: softmax and Mixtape, then the control; then
+#      Mixtape with linear contexts at E = 16, seeds 1 and 2 (asked for after all the others:
+#      they start when this lane is free, on the core the other lane leaves idle);
 #    E = 32 and 64: Mixtape and the control, then MoS-4 at E = 16 and 64
-( twelve --layers softmax,mixtape,control --jobs 1 ) &
+( twelve --layers softmax,mixtape,control --jobs 1
+  CODE=$LINEAR_CODE six --dims 16 --layers mixtape_linear --seeds 1,2 --extra-seeds '' --jobs 1 \
+    && table ) &
 ( six --dims 32,64 --layers mixtape,control --extra-seeds '' --jobs 1 && table
   six --dims 16,64 --layers mos --extra-seeds '' --jobs 1 && table ) &
 wait
 table
-# 5. only after all of these: Mixtape with linear contexts at E = 16, seeds 1 and 2
-CODE=$(checkout "$LINEAR_COMMIT")
-six --dims 16 --layers mixtape_linear --seeds 1,2 --extra-seeds '' --jobs 2
-six --dims 16,32,64,128 --layers softmax,mixtape,control,mos,sigsoftmax,mixtape_linear \
-  --reuse "$OLD" --stages table > /dev/null
 echo "sweep_hidden: all runs done"

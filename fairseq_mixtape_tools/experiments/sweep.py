@@ -54,7 +54,7 @@ from .common import (
     seconds_per_epoch, seeds_cell, start_experiment, values_of, variant_arguments, write_results)
 
 DEFAULT_VARIANTS = ["softmax", "mixtape", "control", "mos", "mixtape_papers"]
-EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control")
+EXTRA_SEED_VARIANTS = ("softmax", "mixtape", "control", "mixtape_linear")
 SPLIT_NAMES = ("ptb.{}.txt", "{}.txt", "wiki.{}.tokens")
 STAGES = ("prepare", "train", "eval", "rank", "table")
 RUN_STAGES = {"train", "eval", "rank"}  # the stages that work in a run's folder
@@ -88,7 +88,8 @@ def parse_args(argv=None):
                              f"{','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", default="1", help="seeds of every run")
     parser.add_argument("--extra-seeds", default="2",
-                        help="more seeds for softmax, mixtape and control at the smallest E")
+                        help="more seeds for softmax, mixtape, control and mixtape_linear at the "
+                             "smallest E")
     parser.add_argument("--mos-dims", type=comma_list(int), default=[16, 64],
                         help="the E at which mos runs")
     parser.add_argument("--papers-dims", type=comma_list(int), default=[16],
@@ -154,7 +155,7 @@ def plan(args):
 
 
 def seeds_of(args, dim, variant):
-    """--seeds; the extra seeds too for softmax, mixtape and control at the smallest E; MoS only
+    """--seeds; the extra seeds too for EXTRA_SEED_VARIANTS at the smallest E; MoS only
     at --mos-dims, mixtape_papers only at --papers-dims."""
     if is_mos(variant) and dim not in args.mos_dims:
         return []

@@ -22,12 +22,14 @@ def names(runs):
 
 def test_plan_extra_seeds_at_the_smallest_width_and_mos_last(tmp_path):
     args = sweep.parse_args(["--out", str(tmp_path), "--stages", "train", "--dims", "16,64",
+                             "--layers", "softmax,mixtape,control,mixtape_papers,mixtape_linear,mos",
                              "--mos-dims", "64", "--papers-dims", "16", "--extra-seeds", "2"])
     planned = names(sweep.plan(args))
     assert planned == [
         "E16/softmax/1", "E16/mixtape/1", "E16/control/1", "E16/mixtape_papers/1",
-        "E64/softmax/1", "E64/mixtape/1", "E64/control/1",
-        "E16/softmax/2", "E16/mixtape/2", "E16/control/2",
+        "E16/mixtape_linear/1",
+        "E64/softmax/1", "E64/mixtape/1", "E64/control/1", "E64/mixtape_linear/1",
+        "E16/softmax/2", "E16/mixtape/2", "E16/control/2", "E16/mixtape_linear/2",
         "E64/mos/1"]
     runs = sweep.plan(args)
     assert runs[0].dir == tmp_path / "runs" / "E16" / "softmax_seed1"
