@@ -41,9 +41,11 @@ def check_choices(parser: argparse.ArgumentParser, flag: str, values: Sequence[s
 
 def check_counts(parser: argparse.ArgumentParser, args: argparse.Namespace,
                  flags: Sequence[str]) -> None:
-    """Each of ``flags``, a whole number or a list of them, is >= 1."""
+    """Each of ``flags``, a whole number or a list of them, is >= 1 (None: not given)."""
     for flag in flags:
         value = flag_value(args, flag)
+        if value is None:
+            continue
         for item in value if isinstance(value, list) else [value]:
             if item < 1:
                 parser.error(f"{flag}: got {item}; allowed: whole numbers >= 1")

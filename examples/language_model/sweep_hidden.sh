@@ -53,7 +53,7 @@ twelve() {
 table() {  # every run of the 6-epoch sweep, finished or to come, in one table and figure,
   # written by this work tree's script (reading run folders changes no run in flight)
   CODE=. six --dims 16,32,64,128 --layers softmax,mixtape,control,mos,sigsoftmax,mixtape_linear \
-    --reuse "$OLD" --stages table > /dev/null
+    --linear-dims 16 --reuse "$OLD" --stages table > /dev/null
 }
 
 # 1. E = 16: Mixtape and the control, seeds 1 and 2 (softmax's two seeds reused)

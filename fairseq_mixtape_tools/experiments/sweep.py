@@ -17,7 +17,8 @@ wiring of the plugin before version 0.2.0). The layers compared at each E:
   mixtape_papers  Mixtape with the papers' unscaled contexts, --output-context-scale 1 (only at
                   --papers-dims)
   mixtape_linear  Mixtape with linear contexts h_k = W_k g + e_k, --output-context-activation
-                  linear (not the papers' layer; not run by default)
+                  linear (not the papers' layer; not run by default; only at --linear-dims
+                  where that is given)
 
 Every run: --max-epochs epochs, Adam with linear warm-up and linear decay to 0 at the last update,
 validation every epoch, checkpoints every epoch and every --save-updates updates (a rerun resumes
@@ -94,6 +95,8 @@ def parse_args(argv=None):
                         help="the E at which mos runs")
     parser.add_argument("--papers-dims", type=comma_list(int), default=[16],
                         help="the E at which mixtape_papers runs")
+    parser.add_argument("--linear-dims", type=comma_list(int), default=None,
+                        help="the E at which mixtape_linear runs (default: every --dims)")
     add_experiment_flags(parser, "--stages", "--jobs", stages=list(STAGES))
     parser.add_argument("--restore", action="store_true",
                         help="a run whose folder is missing (a fresh work tree) but whose "
@@ -122,7 +125,7 @@ def check_args(parser, args):
     """Refuse bad values before any work, naming the flag, the value and what is allowed."""
     check_experiment_flags(parser, args, STAGES)
     check_counts(parser, args, [
-        "--dims", "--mos-dims", "--papers-dims", "--max-epochs", "--body-dim", "--body-layers",
+        "--dims", "--mos-dims", "--papers-dims", "--linear-dims", "--max-epochs", "--body-dim", "--body-layers",
         "--ffn-dim", "--tokens-per-sample", "--batch-size", "--save-updates"])
     if not args.dims:
         parser.error("--dims: got ''; allowed: at least one output width")
@@ -156,10 +159,14 @@ def plan(args):
 
 def seeds_of(args, dim, variant):
     """--seeds; the extra seeds too for EXTRA_SEED_VARIANTS at the smallest E; MoS only
-    at --mos-dims, mixtape_papers only at --papers-dims."""
+    at --mos-dims, mixtape_papers only at --papers-dims, mixtape_linear only at --linear-dims
+    (where given)."""
     if is_mos(variant) and dim not in args.mos_dims:
         return []
     if variant == "mixtape_papers" and dim not in args.papers_dims:
+        return []
+    if variant == "mixtape_linear" and args.linear_dims is not None \
+            and dim not in args.linear_dims:
         return []
     extra = variant in EXTRA_SEED_VARIANTS and dim == min(args.dims)
     return [*args.seeds, *args.extra_seeds] if extra else args.seeds

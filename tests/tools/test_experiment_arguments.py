@@ -16,6 +16,10 @@ and widths, the default flags and non-default ones. The same script recorded wha
 scripts/logit_scale.py's ``network_arguments`` returned for each of its experiment networks, and
 scripts/gradient_norms.py's ``train_commands`` for three cases (with a stand-in prepared data-bin
 and the sweep's ``updates_per_epoch`` returning the case's value).
+
+One deliberate change since: the sweep's mixtape_linear takes the extra seeds at the smallest E,
+as mixtape and its control do, so the run E8_mixtape_linear_seed2 was added to the sweep's
+second case by hand (the arguments of E8_mixtape_linear_seed1 with --seed 2 and its own folder).
 """
 
 import inspect

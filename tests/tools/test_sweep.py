@@ -33,6 +33,9 @@ def test_plan_extra_seeds_at_the_smallest_width_and_mos_last(tmp_path):
         "E64/mos/1"]
     runs = sweep.plan(args)
     assert runs[0].dir == tmp_path / "runs" / "E16" / "softmax_seed1"
+    args.linear_dims = [64]
+    assert [name for name in names(sweep.plan(args)) if "linear" in name] == \
+        ["E64/mixtape_linear/1"]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -48,6 +51,7 @@ def test_plan_extra_seeds_at_the_smallest_width_and_mos_last(tmp_path):
     (["--jobs", "0"], "--jobs: got 0; allowed: whole numbers >= 1"),
     (["--lr", "-1"], "--lr: got -1.0; allowed: a number > 0"),
     (["--dims", "16,0"], "--dims: got 0; allowed: whole numbers >= 1"),
+    (["--linear-dims", "0"], "--linear-dims: got 0; allowed: whole numbers >= 1"),
     (["--dropout", "1.5"], "--dropout: got 1.5; allowed: a probability in [0, 1)"),
     (["--clip-norm", "-1"], "--clip-norm: got -1; allowed: a number >= 0 (0: no clipping)"),
     (["--stages", "train,plot"], "--stages: got 'plot'"),
