@@ -23,6 +23,12 @@ die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 # before any work (argparse's style: "PROG: error: FLAG: got 'VALUE'; allowed: ...").
 bad_arg() { printf '%s: error: %s: %s\n' "$PROG" "$1" "$2" >&2; exit 2; }
 
+# need_value "$@" (in an option loop): the option $1 was given a value, or bad_arg.
+need_value() { (( $# >= 2 )) || bad_arg "$1" "no value given; allowed: $1 VALUE (see --help)"; }
+
+# unknown_option FLAG: bad_arg for an option that the script does not have.
+unknown_option() { bad_arg "$1" "unknown option; allowed: the options of --help"; }
+
 # check_count FLAG VALUE LEAST: VALUE is a whole number >= LEAST, or bad_arg.
 check_count() {
   if [[ ! "$2" =~ ^[0-9]+$ ]] || (( 10#$2 < $3 )); then
@@ -30,19 +36,39 @@ check_count() {
   fi
 }
 
+# check_positive FLAG VALUE: VALUE is a decimal number > 0 (2, 0.5, 5e-4), or bad_arg.
+check_positive() {
+  [[ "$2" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ && ! "${2%%[eE]*}" =~ ^[0.]+$ ]] \
+    || bad_arg "$1" "got '$2'; allowed: a number > 0"
+}
+
+# comma_list WORD...: the WORDs joined by ", ".
+comma_list() { local joined; printf -v joined '%s, ' "$@"; echo "${joined%, }"; }
+
+# check_choice FLAG VALUE CHOICE...: VALUE is one of the CHOICEs, or bad_arg listing them.
+check_choice() {
+  local flag=$1 value=$2 choice
+  shift 2
+  for choice in "$@"; do
+    if [[ "$value" == "$choice" ]]; then return 0; fi
+  done
+  bad_arg "$flag" "got '$value'; allowed: $(comma_list "$@")"
+}
+
+# The plugin's output layers (fairseq_mixtape.output_layers.OUTPUT_LAYERS), for --output-layer.
+OUTPUT_LAYERS=(softmax mos mixtape sigsoftmax mos_sigsoftmax)
+
 # check_local_files FLAG DIR WHAT FILE...: DIR is a folder holding every FILE, or bad_arg with
 # what is missing (the first five); WHAT describes the files in the message.
 check_local_files() {
   local flag=$1 dir=$2 what=$3 f missing=() allowed lacking
   shift 3
-  printf -v allowed '%s, ' "${@:1:6}"
-  allowed="a folder with $what: ${allowed%, }"
+  allowed="a folder with $what: $(comma_list "${@:1:6}")"
   if (( $# > 6 )); then allowed+=", ... ($# files)"; fi
   [[ -d "$dir" ]] || bad_arg "$flag" "no such folder $dir; allowed: $allowed"
   for f in "$@"; do [[ -f "$dir/$f" ]] || missing+=("$f"); done
   if (( ${#missing[@]} )); then
-    printf -v lacking '%s, ' "${missing[@]:0:5}"
-    lacking=${lacking%, }
+    lacking=$(comma_list "${missing[@]:0:5}")
     if (( ${#missing[@]} > 5 )); then lacking+=" and $(( ${#missing[@]} - 5 )) more"; fi
     bad_arg "$flag" "got '$dir', which lacks $lacking; allowed: $allowed"
   fi
@@ -171,17 +197,17 @@ parse_train_option() {
     --dry-run) DRY_RUN=1 ;;
     --gpus|--nodes|--max-tokens|--reference-batch|--update-freq|--lr|--max-update|\
     --distributed-port|--save-dir)
-      (( $# >= 2 )) || die "$1 needs a value"
+      need_value "$@"
       SHIFT=2
       case "$1" in
-        --gpus) GPUS=$2 ;;
-        --nodes) NODES=$2 ;;
-        --max-tokens) MAX_TOKENS=$2 ;;
-        --reference-batch) REF_BATCH=$2 ;;
-        --update-freq) UPDATE_FREQ=$2 ;;
-        --lr) LR=$2 ;;
-        --max-update) MAX_UPDATE=$2 ;;
-        --distributed-port) DIST_PORT=$2 ;;
+        --gpus) check_count "$1" "$2" 1; GPUS=$2 ;;
+        --nodes) check_count "$1" "$2" 1; NODES=$2 ;;
+        --max-tokens) check_count "$1" "$2" 1; MAX_TOKENS=$2 ;;
+        --reference-batch) check_count "$1" "$2" 1; REF_BATCH=$2 ;;
+        --update-freq) check_count "$1" "$2" 1; UPDATE_FREQ=$2 ;;
+        --lr) check_positive "$1" "$2"; LR=$2 ;;
+        --max-update) check_count "$1" "$2" 0; MAX_UPDATE=$2 ;;
+        --distributed-port) check_count "$1" "$2" 1; DIST_PORT=$2 ;;
         --save-dir) SAVE_DIR=$2 ;;
       esac ;;
     *) SHIFT=0 ;;

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from helpers import LAYERS
+from refusals import refused_command
 from test_docs import block_starting, run_blocks
 
 pytestmark = pytest.mark.slow  # the recipes' scripts and their fairseq commands
@@ -210,9 +211,9 @@ def test_ptb_language_model_recipe_offline(shared_data, tmp_path):
     assert 1.0 < float(match.group(2)) < 100_000
 
 
-# User errors in the preparation scripts: one line on stderr naming the flag and the value,
-# exit status 2, before --out is made or anything is read.
-BAD_PREPARE = {  # case: (script, argv, the line after "SCRIPT: error: ")
+# User errors in the recipes' command lines: one line on stderr naming the flag (or argument)
+# and the value, exit status 2, before anything is made or read.
+BAD_COMMAND_LINES = {  # case: (script, argv, the line after "SCRIPT: error: ")
     "wmt14 en-de, no such --local": (
         "translation/prepare-wmt14en2de.sh", ["--local", "nowhere", "--out", "out"],
         "--local: no such folder nowhere; allowed: a folder with the raw (untokenized) files: "
@@ -251,20 +252,85 @@ BAD_PREPARE = {  # case: (script, argv, the line after "SCRIPT: error: ")
                "CORPUS: got 'ptb2'; allowed: ptb, wikitext-103, gbw"),
     "lm, --threshold": ("language_model/prepare.sh", ["ptb", "--threshold", "-1", "--out", "out"],
                         "--threshold: got '-1'; allowed: a whole number >= 0"),
+    "lm train, unknown option": ("language_model/train.sh", ["--preset", "ptb-lstm", "--nope",
+                                                             "lm-data"],
+                                 "--nope: unknown option; allowed: the options of --help"),
+    "lm train, no --preset": ("language_model/train.sh", ["lm-data"],
+                              "--preset: not given; allowed: ptb-lstm, ptb-transformer, "
+                              "wikitext-103, gbw"),
+    "lm train, adaptive": ("language_model/train.sh",
+                           ["--preset", "ptb-lstm", "--output-layer", "adaptive", "lm-data"],
+                           "--output-layer: got 'adaptive', which only --preset wikitext-103 "
+                           "has; allowed: softmax, mos, mixtape, sigsoftmax, mos_sigsoftmax"),
+    "lm train, DATA_BIN": ("language_model/train.sh", ["--preset", "ptb-lstm", "partial"],
+                           "DATA_BIN: got 'partial', which has no dict.txt"),
+    "lm train, two DATA_BIN": ("language_model/train.sh", ["--preset", "gbw", "lm-data", "x"],
+                               "DATA_BIN: got 'lm-data' and 'x'; allowed: one folder"),
+    "train, --lr": ("translation/train.sh", ["--lr", "0", "mt-data"],
+                    "--lr: got '0'; allowed: a number > 0"),
+    "train, --max-update": ("language_model/train.sh",
+                            ["--preset", "gbw", "--max-update", "1e5", "lm-data"],
+                            "--max-update: got '1e5'; allowed: a whole number >= 0"),
+    "train, no value": ("translation/train.sh", ["mt-data", "--save-dir"],
+                        "--save-dir: no value given; allowed: --save-dir VALUE"),
+    "mt train, --setup": ("translation/train.sh", ["--setup", "huge", "mt-data"],
+                          "--setup: got 'huge'; allowed: base, big"),
+    "mt train, --dropout": ("translation/train.sh", ["--dropout", "1.0", "mt-data"],
+                            "--dropout: got '1.0'; allowed: a probability in [0, 1)"),
+    "mt train, --output-layer": ("translation/train.sh", ["--output-layer", "adaptive", "mt-data"],
+                                 "--output-layer: got 'adaptive'; allowed: softmax, mos, "
+                                 "mixtape, sigsoftmax, mos_sigsoftmax"),
+    "mt train, DATA_BIN": ("translation/train.sh", ["lm-data"],
+                           "DATA_BIN: got 'lm-data', which has no dict.en.txt"),
+    "eval, arguments": ("language_model/eval.sh", ["lm-data"],
+                        "DATA_BIN SAVE_DIR: got 'lm-data'; allowed: two arguments"),
+    "eval, --subset": ("language_model/eval.sh", ["--subset", "dev", "lm-data", "run"],
+                       "--subset: got 'dev'; allowed: test, valid"),
+    "eval, SAVE_DIR": ("language_model/eval.sh", ["lm-data", "partial"],
+                       "SAVE_DIR: got 'partial', which has no recipe.conf"),
+    "eval, no checkpoint": ("language_model/eval.sh", ["lm-data", "run"],
+                            "SAVE_DIR: got 'run', which has no checkpoint_best.pt; allowed: a "
+                            "finished training run's folder, or --checkpoint FILE"),
+    "eval, --checkpoint": ("language_model/eval.sh", ["--checkpoint", "x.pt", "lm-data", "run"],
+                           "--checkpoint: got 'x.pt', no such file"),
+    "generate, --avg": ("translation/generate.sh", ["--avg", "0", "mt-data", "run"],
+                        "--avg: got '0'; allowed: a whole number >= 1"),
+    "generate, --lenpen": ("translation/generate.sh", ["--lenpen", "x", "mt-data", "run"],
+                           "--lenpen: got 'x'; allowed: a number"),
+    "generate, DATA_BIN": ("translation/generate.sh", ["lm-data", "run"],
+                           "DATA_BIN: got 'lm-data', which has no recipe.conf"),
+    "generate, SAVE_DIR": ("translation/generate.sh", ["mt-data", "nowhere"],
+                           "SAVE_DIR: got 'nowhere', no such folder"),
+    "score, arguments": ("translation/score.sh", ["gen.out"],
+                         "GEN_OUT DATA_BIN: got 'gen.out'; allowed: two arguments"),
+    "score, GEN_OUT": ("translation/score.sh", ["missing.out", "mt-data"],
+                       "GEN_OUT: got 'missing.out', no such file"),
+    "score, --ref": ("translation/score.sh", ["--ref", "x.ref", "gen.out", "mt-data"],
+                     "--ref: got 'x.ref', no such file"),
 }
+FIXTURES = {"partial/train.en": "a line\n", "partial/train.de": "a line\n",  # for --local
+            "lm-data/dict.txt": "the 5\n", "mt-data/dict.en.txt": "the 5\n",
+            "mt-data/recipe.conf": "src=en\ntgt=de\n", "run/recipe.conf": "preset=ptb-lstm\n",
+            "gen.out": "H-0\t-0.5\ta line\n"}
 
 
-@pytest.mark.parametrize("case", list(BAD_PREPARE))
-def test_prepare_refuses_bad_arguments_at_once(case, tmp_path):
-    script, argv, expected = BAD_PREPARE[case]
-    (tmp_path / "partial").mkdir()
-    for name in ("train.en", "train.de"):
-        (tmp_path / "partial" / name).write_text("a line\n")
-    result = subprocess.run(["bash", str(EXAMPLES / script), *argv], cwd=tmp_path,
-                            env=environment(), capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stdout == "" and "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"{Path(script).name}: error: {expected}"), lines[0]
-    assert not (tmp_path / "out").exists()  # nothing made
+@pytest.mark.parametrize("case", list(BAD_COMMAND_LINES))
+def test_recipes_refuse_bad_arguments_at_once(case, tmp_path):
+    script, argv, expected = BAD_COMMAND_LINES[case]
+    for name, text in FIXTURES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    before = sorted(tmp_path.rglob("*"))
+    prog, message = refused_command(["bash", EXAMPLES / script, *argv], cwd=tmp_path, timeout=60)
+    assert prog == Path(script).name and message.startswith(expected), message
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made
+
+
+def test_the_recipes_offer_the_plugins_output_layers():
+    """--output-layer of the recipes (common.sh's OUTPUT_LAYERS) is the plugin's registry."""
+    from fairseq_mixtape.output_layers import OUTPUT_LAYERS
+
+    listed = subprocess.run(["bash", "-c", f"source '{EXAMPLES / 'common.sh'}'; "
+                             "echo \"${OUTPUT_LAYERS[@]}\""], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert listed == list(OUTPUT_LAYERS)

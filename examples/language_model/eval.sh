@@ -32,23 +32,33 @@ EOF
 CHECKPOINT="" SUBSET=test CONTEXT="" MAX_TOKENS=4096 FP16=0 CPU="" POSITIONAL=() EXTRA=()
 while (( $# )); do
   case "$1" in
-    --checkpoint) CHECKPOINT=$2; shift 2 ;;
-    --subset) SUBSET=$2; shift 2 ;;
-    --context-window) CONTEXT=$2; shift 2 ;;
-    --max-tokens) MAX_TOKENS=$2; shift 2 ;;
+    --checkpoint) need_value "$@"; CHECKPOINT=$2; shift 2 ;;
+    --subset) need_value "$@"; check_choice "$1" "$2" test valid; SUBSET=$2; shift 2 ;;
+    --context-window) need_value "$@"; check_count "$1" "$2" 0; CONTEXT=$2; shift 2 ;;
+    --max-tokens) need_value "$@"; check_count "$1" "$2" 1; MAX_TOKENS=$2; shift 2 ;;
     --fp16) FP16=1; shift ;;
     --cpu) CPU=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -*) usage >&2; die "unknown option: $1" ;;
+    -*) unknown_option "$1" ;;
     *) POSITIONAL+=("$1"); shift ;;
   esac
 done
-(( ${#POSITIONAL[@]} == 2 )) || { usage >&2; die "need DATA_BIN and SAVE_DIR"; }
+(( ${#POSITIONAL[@]} == 2 )) || bad_arg "DATA_BIN SAVE_DIR" "got '${POSITIONAL[*]}'; \
+allowed: two arguments, the data folder and the training run's folder"
 DATA=${POSITIONAL[0]} SAVE_DIR=${POSITIONAL[1]}
-CHECKPOINT=${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}
-[[ -f "$CHECKPOINT" ]] || die "no such checkpoint: $CHECKPOINT"
-[[ -f "$SAVE_DIR/recipe.conf" ]] || die "$SAVE_DIR/recipe.conf missing (not trained by train.sh)"
+[[ -f "$DATA/dict.txt" ]] || bad_arg DATA_BIN "got '$DATA', which has no dict.txt; allowed: a \
+folder of binarized LM data (prepare.sh)"
+[[ -f "$SAVE_DIR/recipe.conf" ]] || bad_arg SAVE_DIR "got '$SAVE_DIR', which has no \
+recipe.conf; allowed: a folder that train.sh trained into"
+if [[ -n "$CHECKPOINT" ]]; then
+  [[ -f "$CHECKPOINT" ]] || bad_arg --checkpoint "got '$CHECKPOINT', no such file; allowed: a \
+checkpoint file"
+else
+  CHECKPOINT=$SAVE_DIR/checkpoint_best.pt
+  [[ -f "$CHECKPOINT" ]] || bad_arg SAVE_DIR "got '$SAVE_DIR', which has no checkpoint_best.pt; \
+allowed: a finished training run's folder, or --checkpoint FILE"
+fi
 require fairseq-eval-lm python
 TOKENS=$(conf_get tokens_per_sample "$SAVE_DIR/recipe.conf")
 BREAK=$(conf_get sample_break_mode "$SAVE_DIR/recipe.conf")

@@ -46,7 +46,7 @@ while (( $# )); do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --local|--out|--train-lines|--eval-lines|--threshold|--workers)
-      (( $# >= 2 )) || bad_arg "$1" "no value given; allowed: $1 VALUE (see --help)"
+      need_value "$@"
       case "$1" in
         --local) LOCAL=$2 ;;
         --out) OUT=$2 ;;
@@ -56,7 +56,7 @@ while (( $# )); do
         --workers) WORKERS=$2 ;;
       esac
       shift 2 ;;
-    -*) bad_arg "$1" "unknown option; allowed: the options of --help" ;;
+    -*) unknown_option "$1" ;;
     *) [[ -z "$CORPUS" ]] || bad_arg CORPUS "got '$CORPUS' and '$1'; allowed: one of ptb, \
 wikitext-103, gbw"
        CORPUS=$1; shift ;;

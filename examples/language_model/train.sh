@@ -42,25 +42,37 @@ while (( $# )); do
   parse_train_option "$@"
   if (( SHIFT )); then shift "$SHIFT"; continue; fi
   case "$1" in
-    --preset) PRESET=$2; shift 2 ;;
-    --output-layer) LAYER=$2; shift 2 ;;
-    --tokens-per-sample) TOKENS_PER_SAMPLE=$2; shift 2 ;;
+    --preset) need_value "$@"; PRESET=$2; shift 2 ;;
+    --output-layer) need_value "$@"; LAYER=$2; shift 2 ;;
+    --tokens-per-sample) need_value "$@"; check_count "$1" "$2" 1; TOKENS_PER_SAMPLE=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -*) usage >&2; die "unknown option: $1" ;;
-    *) [[ -z "$DATA" ]] || die "more than one DATA_BIN: $DATA $1"; DATA=$1; shift ;;
+    -*) unknown_option "$1" ;;
+    *) [[ -z "$DATA" ]] || bad_arg DATA_BIN "got '$DATA' and '$1'; allowed: one folder"
+       DATA=$1; shift ;;
   esac
 done
-[[ -n "$DATA" ]] || { usage >&2; die "DATA_BIN missing"; }
-[[ -f "$DATA/dict.txt" ]] || die "$DATA: not a folder of binarized LM data (no dict.txt)"
+PRESETS=(ptb-lstm ptb-transformer wikitext-103 gbw)
+[[ -n "$PRESET" ]] || bad_arg --preset "not given; allowed: $(comma_list "${PRESETS[@]}")"
+check_choice --preset "$PRESET" "${PRESETS[@]}"
+if [[ $PRESET == wikitext-103 ]]; then
+  check_choice --output-layer "$LAYER" "${OUTPUT_LAYERS[@]}" adaptive
+elif [[ $LAYER == adaptive ]]; then
+  bad_arg --output-layer "got 'adaptive', which only --preset wikitext-103 has; allowed: \
+$(comma_list "${OUTPUT_LAYERS[@]}")"
+else
+  check_choice --output-layer "$LAYER" "${OUTPUT_LAYERS[@]}"
+fi
+[[ -n "$DATA" ]] || bad_arg DATA_BIN "not given; allowed: a folder of binarized LM data \
+(prepare.sh)"
+[[ -f "$DATA/dict.txt" ]] || bad_arg DATA_BIN "got '$DATA', which has no dict.txt; allowed: a \
+folder of binarized LM data (prepare.sh)"
 require fairseq-train python
 
 case "$LAYER" in
-  softmax|mixtape|sigsoftmax) SUFFIX=_mixtape ;;
   mos|mos_sigsoftmax) SUFFIX=_mos ;;
-  adaptive) [[ $PRESET == wikitext-103 ]] || die "--output-layer adaptive is for --preset wikitext-103"
-            SUFFIX="" ;;
-  *) die "--output-layer must be softmax, mos, mixtape, sigsoftmax or mos_sigsoftmax" ;;
+  adaptive) SUFFIX="" ;;
+  *) SUFFIX=_mixtape ;;
 esac
 
 USER_TOKENS_PER_SAMPLE=$TOKENS_PER_SAMPLE USER_MAX_TOKENS=$MAX_TOKENS USER_MAX_UPDATE=$MAX_UPDATE
@@ -118,7 +130,6 @@ case "$PRESET" in
     if [[ $SUFFIX == _mos ]]; then CHUNK=128; else CHUNK=1024; fi
     CRITERION+=(--output-chunk-tokens "$CHUNK")
     SAVE_ARGS=(--save-interval-updates 10000 --keep-interval-updates 5) ;;
-  *) usage >&2; die "--preset must be ptb-lstm, ptb-transformer, wikitext-103 or gbw" ;;
 esac
 if [[ $PRESET == ptb-* && $SUFFIX == _mos ]]; then LAYER_ARGS+=(--output-context-dropout 0.29); fi
 

@@ -36,26 +36,34 @@ AVG=5 CHECKPOINT="" SUBSET=test BEAM=4 LENPEN=0.6 MAX_TOKENS=8192 FP16=0 CPU="" 
 POSITIONAL=() EXTRA=()
 while (( $# )); do
   case "$1" in
-    --avg) AVG=$2; shift 2 ;;
-    --checkpoint) CHECKPOINT=$2; shift 2 ;;
-    --subset) SUBSET=$2; shift 2 ;;
-    --beam) BEAM=$2; shift 2 ;;
-    --lenpen) LENPEN=$2; shift 2 ;;
-    --max-tokens) MAX_TOKENS=$2; shift 2 ;;
+    --avg) need_value "$@"; check_count "$1" "$2" 1; AVG=$2; shift 2 ;;
+    --checkpoint) need_value "$@"; CHECKPOINT=$2; shift 2 ;;
+    --subset) need_value "$@"; check_choice "$1" "$2" test valid; SUBSET=$2; shift 2 ;;
+    --beam) need_value "$@"; check_count "$1" "$2" 1; BEAM=$2; shift 2 ;;
+    --lenpen)
+      need_value "$@"
+      [[ "$2" =~ ^-?([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] || bad_arg "$1" "got '$2'; allowed: a number"
+      LENPEN=$2; shift 2 ;;
+    --max-tokens) need_value "$@"; check_count "$1" "$2" 1; MAX_TOKENS=$2; shift 2 ;;
     --fp16) FP16=1; shift ;;
     --cpu) CPU=1; shift ;;
     --no-score) SCORE=0; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -*) usage >&2; die "unknown option: $1" ;;
+    -*) unknown_option "$1" ;;
     *) POSITIONAL+=("$1"); shift ;;
   esac
 done
-(( ${#POSITIONAL[@]} == 2 )) || { usage >&2; die "need DATA_BIN and SAVE_DIR"; }
-(( AVG >= 1 )) || die "--avg must be at least 1 (or give --checkpoint FILE)"
+(( ${#POSITIONAL[@]} == 2 )) || bad_arg "DATA_BIN SAVE_DIR" "got '${POSITIONAL[*]}'; \
+allowed: two arguments, the data folder and the training run's folder"
 DATA=${POSITIONAL[0]} SAVE_DIR=${POSITIONAL[1]}
-[[ -f "$DATA/recipe.conf" ]] || die "$DATA/recipe.conf missing: prepare the data with prepare-wmt14en2de.sh / prepare-wmt14en2fr.sh"
-[[ -d "$SAVE_DIR" ]] || die "no such folder: $SAVE_DIR"
+[[ -f "$DATA/recipe.conf" ]] || bad_arg DATA_BIN "got '$DATA', which has no recipe.conf; \
+allowed: a folder prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh"
+[[ -d "$SAVE_DIR" ]] || bad_arg SAVE_DIR "got '$SAVE_DIR', no such folder; allowed: the \
+training run's folder"
+if [[ -n "$CHECKPOINT" && ! -f "$CHECKPOINT" ]]; then
+  bad_arg --checkpoint "got '$CHECKPOINT', no such file; allowed: a checkpoint file"
+fi
 require fairseq-generate python
 SRC=$(conf_get src "$DATA/recipe.conf") TGT=$(conf_get tgt "$DATA/recipe.conf")
 SEGMENTATION=$(conf_get segmentation "$DATA/recipe.conf")

@@ -57,8 +57,8 @@ while (( $# )); do
     -h|--help) usage; exit 0 ;;
     --pair|--local|--out|--bpe-merges|--vocab-size|--train-lines|--eval-lines|--max-len|--ratio|\
     --moses|--workers)
-      (( $# >= 2 )) || bad_arg "$1" "no value given; allowed: $1 VALUE (see --help)" ;;
-    *) bad_arg "$1" "unknown option; allowed: the options of --help" ;;
+      need_value "$@" ;;
+    *) unknown_option "$1" ;;
   esac
   case "$1" in
     --pair) PAIR=$2 ;;
@@ -93,8 +93,7 @@ check_count --workers "$WORKERS" 1
 check_count --train-lines "$TRAIN_LINES" 0
 check_count --eval-lines "$EVAL_LINES" 0
 check_count --max-len "$MAX_LEN" 1
-[[ "$RATIO" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && ! "$RATIO" =~ ^[0.]+$ ]] \
-  || bad_arg --ratio "got '$RATIO'; allowed: a number > 0"
+check_positive --ratio "$RATIO"
 # ... the raw (untokenized) files of --local ...
 if [[ -n "$LOCAL" ]]; then
   check_local_files --local "$LOCAL" "the raw (untokenized) files" "train.$SRC" "train.$TGT" \

@@ -33,17 +33,22 @@ EOF
 SUBSET=test REF="" POSITIONAL=()
 while (( $# )); do
   case "$1" in
-    --subset) SUBSET=$2; shift 2 ;;
-    --ref) REF=$2; shift 2 ;;
+    --subset) need_value "$@"; check_choice "$1" "$2" test valid; SUBSET=$2; shift 2 ;;
+    --ref) need_value "$@"; REF=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    -*) usage >&2; die "unknown option: $1" ;;
+    -*) unknown_option "$1" ;;
     *) POSITIONAL+=("$1"); shift ;;
   esac
 done
-(( ${#POSITIONAL[@]} == 2 )) || { usage >&2; die "need GEN_OUT and DATA_BIN"; }
+(( ${#POSITIONAL[@]} == 2 )) || bad_arg "GEN_OUT DATA_BIN" "got '${POSITIONAL[*]}'; \
+allowed: two arguments, a fairseq-generate output and its data folder"
 GEN=${POSITIONAL[0]} DATA=${POSITIONAL[1]}
-[[ -f "$GEN" ]] || die "no such file: $GEN"
-[[ -f "$DATA/recipe.conf" ]] || die "$DATA/recipe.conf missing (not prepared by prepare-wmt14*.sh)"
+[[ -f "$GEN" ]] || bad_arg GEN_OUT "got '$GEN', no such file; allowed: a fairseq-generate output"
+[[ -f "$DATA/recipe.conf" ]] || bad_arg DATA_BIN "got '$DATA', which has no recipe.conf; \
+allowed: a folder prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh"
+if [[ -n "$REF" ]]; then
+  [[ -f "$REF" ]] || bad_arg --ref "got '$REF', no such file; allowed: a reference file"
+fi
 require sacrebleu sacremoses
 SRC=$(conf_get src "$DATA/recipe.conf") TGT=$(conf_get tgt "$DATA/recipe.conf")
 SEGMENTATION=$(conf_get segmentation "$DATA/recipe.conf")

@@ -44,18 +44,27 @@ while (( $# )); do
   parse_train_option "$@"
   if (( SHIFT )); then shift "$SHIFT"; continue; fi
   case "$1" in
-    --setup) SETUP=$2; shift 2 ;;
-    --output-layer) LAYER=$2; shift 2 ;;
-    --dropout) DROPOUT=$2; shift 2 ;;
-    --save-interval-updates) SAVE_INTERVAL_UPDATES=$2; shift 2 ;;
+    --setup) need_value "$@"; check_choice "$1" "$2" base big; SETUP=$2; shift 2 ;;
+    --output-layer) need_value "$@"; check_choice "$1" "$2" "${OUTPUT_LAYERS[@]}"; LAYER=$2
+                    shift 2 ;;
+    --dropout)
+      need_value "$@"
+      [[ "$2" =~ ^0*(\.[0-9]*)?$ && "$2" =~ [0-9] ]] \
+        || bad_arg "$1" "got '$2'; allowed: a probability in [0, 1)"
+      DROPOUT=$2; shift 2 ;;
+    --save-interval-updates) need_value "$@"; check_count "$1" "$2" 0; SAVE_INTERVAL_UPDATES=$2
+                             shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -*) usage >&2; die "unknown option: $1" ;;
-    *) [[ -z "$DATA" ]] || die "more than one DATA_BIN: $DATA $1"; DATA=$1; shift ;;
+    -*) unknown_option "$1" ;;
+    *) [[ -z "$DATA" ]] || bad_arg DATA_BIN "got '$DATA' and '$1'; allowed: one folder"
+       DATA=$1; shift ;;
   esac
 done
-[[ -n "$DATA" ]] || { usage >&2; die "DATA_BIN missing"; }
-[[ -f "$DATA/dict.en.txt" ]] || die "$DATA: not a folder of binarized data (no dict.en.txt)"
+[[ -n "$DATA" ]] || bad_arg DATA_BIN "not given; allowed: a folder of binarized translation \
+data (prepare-wmt14en2de.sh, prepare-wmt14en2fr.sh)"
+[[ -f "$DATA/dict.en.txt" ]] || bad_arg DATA_BIN "got '$DATA', which has no dict.en.txt; \
+allowed: a folder of binarized translation data (prepare-wmt14en2de.sh, prepare-wmt14en2fr.sh)"
 require fairseq-train python
 
 PAIR=""
@@ -63,17 +72,13 @@ if [[ -f "$DATA/recipe.conf" ]]; then PAIR=$(conf_get pair "$DATA/recipe.conf");
 if [[ -z "$PAIR" ]]; then
   if [[ -f "$DATA/dict.fr.txt" ]]; then PAIR=en-fr; else PAIR=en-de; fi
 fi
-case "$SETUP" in
-  base) PRESET=transformer_wmt_en_de ;;
-  big) PRESET=transformer_vaswani_wmt_en_de_big ;;
-  *) die "--setup must be base or big" ;;
-esac
+if [[ $SETUP == base ]]; then PRESET=transformer_wmt_en_de
+else PRESET=transformer_vaswani_wmt_en_de_big; fi
 # P_mixtape and P_mos are the stock preset P with that layer by default; --output-layer picks
 # any layer (P_mixtape --output-layer softmax is the softmax baseline).
 case "$LAYER" in
-  softmax|mixtape|sigsoftmax) ARCH=${PRESET}_mixtape ;;
   mos|mos_sigsoftmax) ARCH=${PRESET}_mos ;;
-  *) die "--output-layer must be softmax, mos, mixtape, sigsoftmax or mos_sigsoftmax" ;;
+  *) ARCH=${PRESET}_mixtape ;;
 esac
 
 WARMUP=4000
