@@ -125,8 +125,8 @@ def check_args(parser, args):
     """Refuse bad values before any work, naming the flag, the value and what is allowed."""
     check_experiment_flags(parser, args, STAGES)
     check_counts(parser, args, [
-        "--dims", "--mos-dims", "--papers-dims", "--linear-dims", "--max-epochs", "--body-dim", "--body-layers",
-        "--ffn-dim", "--tokens-per-sample", "--batch-size", "--save-updates"])
+        "--dims", "--mos-dims", "--papers-dims", "--linear-dims", "--max-epochs", "--body-dim",
+        "--body-layers", "--ffn-dim", "--tokens-per-sample", "--batch-size", "--save-updates"])
     if not args.dims:
         parser.error("--dims: got ''; allowed: at least one output width")
     if args.clip_norm < 0:
@@ -157,16 +157,19 @@ def plan(args):
                      lambda cell, seed: sweep_run(args, *cell, seed))
 
 
+def only_at(args, variant):
+    """The widths ``variant`` runs at, where it runs at fewer than --dims (else None): MoS at
+    --mos-dims, mixtape_papers at --papers-dims, mixtape_linear at --linear-dims where given."""
+    if is_mos(variant):
+        return args.mos_dims
+    return {"mixtape_papers": args.papers_dims, "mixtape_linear": args.linear_dims}.get(variant)
+
+
 def seeds_of(args, dim, variant):
-    """--seeds; the extra seeds too for EXTRA_SEED_VARIANTS at the smallest E; MoS only
-    at --mos-dims, mixtape_papers only at --papers-dims, mixtape_linear only at --linear-dims
-    (where given)."""
-    if is_mos(variant) and dim not in args.mos_dims:
-        return []
-    if variant == "mixtape_papers" and dim not in args.papers_dims:
-        return []
-    if variant == "mixtape_linear" and args.linear_dims is not None \
-            and dim not in args.linear_dims:
+    """--seeds; the extra seeds too for EXTRA_SEED_VARIANTS at the smallest E; none at a width
+    that the variant does not run at (only_at)."""
+    widths = only_at(args, variant)
+    if widths is not None and dim not in widths:
         return []
     extra = variant in EXTRA_SEED_VARIANTS and dim == min(args.dims)
     return [*args.seeds, *args.extra_seeds] if extra else args.seeds
