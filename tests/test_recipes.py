@@ -263,7 +263,8 @@ BAD_COMMAND_LINES = {  # case: (script, argv, the line after "SCRIPT: error: ")
                            "--output-layer: got 'adaptive', which only --preset wikitext-103 "
                            "has; allowed: softmax, mos, mixtape, sigsoftmax, mos_sigsoftmax"),
     "lm train, DATA_BIN": ("language_model/train.sh", ["--preset", "ptb-lstm", "partial"],
-                           "DATA_BIN: got 'partial', which has no dict.txt"),
+                           "DATA_BIN: got 'partial', which lacks dict.txt; allowed: a folder with "
+                           "binarized LM data (prepare.sh): dict.txt"),
     "lm train, two DATA_BIN": ("language_model/train.sh", ["--preset", "gbw", "lm-data", "x"],
                                "DATA_BIN: got 'lm-data' and 'x'; allowed: one folder"),
     "train, --lr": ("translation/train.sh", ["--lr", "0", "mt-data"],
@@ -281,13 +282,15 @@ BAD_COMMAND_LINES = {  # case: (script, argv, the line after "SCRIPT: error: ")
                                  "--output-layer: got 'adaptive'; allowed: softmax, mos, "
                                  "mixtape, sigsoftmax, mos_sigsoftmax"),
     "mt train, DATA_BIN": ("translation/train.sh", ["lm-data"],
-                           "DATA_BIN: got 'lm-data', which has no dict.en.txt"),
+                           "DATA_BIN: got 'lm-data', which lacks dict.en.txt; allowed: a folder "
+                           "with binarized translation data"),
     "eval, arguments": ("language_model/eval.sh", ["lm-data"],
                         "DATA_BIN SAVE_DIR: got 'lm-data'; allowed: two arguments"),
     "eval, --subset": ("language_model/eval.sh", ["--subset", "dev", "lm-data", "run"],
                        "--subset: got 'dev'; allowed: test, valid"),
     "eval, SAVE_DIR": ("language_model/eval.sh", ["lm-data", "partial"],
-                       "SAVE_DIR: got 'partial', which has no recipe.conf"),
+                       "SAVE_DIR: got 'partial', which lacks recipe.conf; allowed: a folder "
+                       "with the files of a train.sh run: recipe.conf"),
     "eval, no checkpoint": ("language_model/eval.sh", ["lm-data", "run"],
                             "SAVE_DIR: got 'run', which has no checkpoint_best.pt; allowed: a "
                             "finished training run's folder, or --checkpoint FILE"),
@@ -298,7 +301,8 @@ BAD_COMMAND_LINES = {  # case: (script, argv, the line after "SCRIPT: error: ")
     "generate, --lenpen": ("translation/generate.sh", ["--lenpen", "x", "mt-data", "run"],
                            "--lenpen: got 'x'; allowed: a number"),
     "generate, DATA_BIN": ("translation/generate.sh", ["lm-data", "run"],
-                           "DATA_BIN: got 'lm-data', which has no recipe.conf"),
+                           "DATA_BIN: got 'lm-data', which lacks recipe.conf; allowed: a folder "
+                           "with data prepared by prepare-wmt14en2de.sh"),
     "generate, SAVE_DIR": ("translation/generate.sh", ["mt-data", "nowhere"],
                            "SAVE_DIR: got 'nowhere', no such folder"),
     "score, arguments": ("translation/score.sh", ["gen.out"],

@@ -47,10 +47,8 @@ done
 (( ${#POSITIONAL[@]} == 2 )) || bad_arg "DATA_BIN SAVE_DIR" "got '${POSITIONAL[*]}'; \
 allowed: two arguments, the data folder and the training run's folder"
 DATA=${POSITIONAL[0]} SAVE_DIR=${POSITIONAL[1]}
-[[ -f "$DATA/dict.txt" ]] || bad_arg DATA_BIN "got '$DATA', which has no dict.txt; allowed: a \
-folder of binarized LM data (prepare.sh)"
-[[ -f "$SAVE_DIR/recipe.conf" ]] || bad_arg SAVE_DIR "got '$SAVE_DIR', which has no \
-recipe.conf; allowed: a folder that train.sh trained into"
+check_local_files DATA_BIN "$DATA" "binarized LM data (prepare.sh)" dict.txt
+check_local_files SAVE_DIR "$SAVE_DIR" "the files of a train.sh run" recipe.conf
 if [[ -n "$CHECKPOINT" ]]; then
   [[ -f "$CHECKPOINT" ]] || bad_arg --checkpoint "got '$CHECKPOINT', no such file; allowed: a \
 checkpoint file"

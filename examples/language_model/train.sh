@@ -65,8 +65,7 @@ else
 fi
 [[ -n "$DATA" ]] || bad_arg DATA_BIN "not given; allowed: a folder of binarized LM data \
 (prepare.sh)"
-[[ -f "$DATA/dict.txt" ]] || bad_arg DATA_BIN "got '$DATA', which has no dict.txt; allowed: a \
-folder of binarized LM data (prepare.sh)"
+check_local_files DATA_BIN "$DATA" "binarized LM data (prepare.sh)" dict.txt
 require fairseq-train python
 
 case "$LAYER" in

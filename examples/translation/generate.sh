@@ -57,8 +57,7 @@ done
 (( ${#POSITIONAL[@]} == 2 )) || bad_arg "DATA_BIN SAVE_DIR" "got '${POSITIONAL[*]}'; \
 allowed: two arguments, the data folder and the training run's folder"
 DATA=${POSITIONAL[0]} SAVE_DIR=${POSITIONAL[1]}
-[[ -f "$DATA/recipe.conf" ]] || bad_arg DATA_BIN "got '$DATA', which has no recipe.conf; \
-allowed: a folder prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh"
+check_local_files DATA_BIN "$DATA" "data prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh" recipe.conf
 [[ -d "$SAVE_DIR" ]] || bad_arg SAVE_DIR "got '$SAVE_DIR', no such folder; allowed: the \
 training run's folder"
 if [[ -n "$CHECKPOINT" && ! -f "$CHECKPOINT" ]]; then

@@ -44,8 +44,7 @@ done
 allowed: two arguments, a fairseq-generate output and its data folder"
 GEN=${POSITIONAL[0]} DATA=${POSITIONAL[1]}
 [[ -f "$GEN" ]] || bad_arg GEN_OUT "got '$GEN', no such file; allowed: a fairseq-generate output"
-[[ -f "$DATA/recipe.conf" ]] || bad_arg DATA_BIN "got '$DATA', which has no recipe.conf; \
-allowed: a folder prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh"
+check_local_files DATA_BIN "$DATA" "data prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh" recipe.conf
 if [[ -n "$REF" ]]; then
   [[ -f "$REF" ]] || bad_arg --ref "got '$REF', no such file; allowed: a reference file"
 fi

@@ -63,8 +63,8 @@ while (( $# )); do
 done
 [[ -n "$DATA" ]] || bad_arg DATA_BIN "not given; allowed: a folder of binarized translation \
 data (prepare-wmt14en2de.sh, prepare-wmt14en2fr.sh)"
-[[ -f "$DATA/dict.en.txt" ]] || bad_arg DATA_BIN "got '$DATA', which has no dict.en.txt; \
-allowed: a folder of binarized translation data (prepare-wmt14en2de.sh, prepare-wmt14en2fr.sh)"
+check_local_files DATA_BIN "$DATA" \
+  "binarized translation data (prepare-wmt14en2de.sh, prepare-wmt14en2fr.sh)" dict.en.txt
 require fairseq-train python
 
 PAIR=""
