@@ -7,6 +7,19 @@
 # declared `torchaudio` dependency would make pip replace an installed torch with a CUDA build
 # pinned by the newest torchaudio (several GB); fairseq's text paths never import torchaudio.
 set -euo pipefail
+# One optional argument, the folder; -h prints the comment above; an option or a second argument
+# is refused before anything is made (it would otherwise become a folder named "--help").
+if (( $# )) && [[ $1 == -h || $1 == --help ]]; then
+  echo "Usage: $(basename "$0") [VENV_DIR]   (default: .venv)"
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+  exit 0
+fi
+if (( $# > 1 )) || [[ ${1:-} == -* ]]; then
+  printf '%s: error: %s: unknown argument; allowed: one folder for the virtual environment ' \
+    "$(basename "$0")" "${@: -1}" >&2
+  printf '(default: .venv; -h: what the script does)\n' >&2
+  exit 2
+fi
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
 PY=${PYTHON:-python3}

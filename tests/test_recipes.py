@@ -338,3 +338,14 @@ def test_the_recipes_offer_the_plugins_output_layers():
                              "echo \"${OUTPUT_LAYERS[@]}\""], capture_output=True, text=True,
                             check=True).stdout.split()
     assert listed == list(OUTPUT_LAYERS)
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["env", "extra"]])
+def test_install_env_refuses_an_option_before_making_anything(argv, tmp_path):
+    """scripts/install_env.sh takes one folder; an option (or a second argument) is refused in
+    one line, exit status 2, and no folder named after it is made."""
+    prog, message = refused_command(["bash", REPO / "scripts" / "install_env.sh", *argv],
+                                    cwd=tmp_path, timeout=60)
+    assert prog == "install_env.sh"
+    assert message.startswith(f"{argv[-1]}: unknown argument; allowed: one folder"), message
+    assert list(tmp_path.iterdir()) == [] and not (REPO / argv[0]).exists()
