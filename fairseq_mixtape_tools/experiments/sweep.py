@@ -30,8 +30,9 @@ does not change (softmax and sigsoftmax at every E, every layer at the widest E 
 is no projection) instead of training them again. Then fairseq-eval-lm on valid and test
 (blocks of --tokens-per-sample tokens, no context beyond the block), the numerical and
 eps-effective ranks of the test log-probability matrix, and the results: OUT_RESULTS/sweep.{md,json},
-sweep_ppl.png (test perplexity against E), sweep_relative.png (relative to softmax) and
-sweep_curves.png (every run's validation perplexity by epoch).
+sweep_ppl.png (test perplexity against E), sweep_relative.png (relative to softmax; both with
+the mixtures of the --reuse sweep dashed) and sweep_curves.png (every run's validation
+perplexity by epoch).
 
   python examples/language_model/bottleneck_sweep.py --jobs 2        # 15-30 core-hours
   (measured on PTB: 6-11 minutes per epoch of a softmax-cost run with a core to itself, up to
@@ -349,19 +350,47 @@ def write_table(args, runs):
     plot_curves(args, by_cell)
 
 
+def other_wiring(args) -> dict:
+    """{variant: {E: [test ppl by seed]}} of the mixtures in ``--reuse`` (the sweep with the
+    other wiring), for the plots' dashed lines; at E = d, where there is no projection, they are
+    the runs that this sweep reuses, so each dashed line meets its solid one there."""
+    if args.reuse is None:
+        return {}
+    saved = json.loads(args.reuse.read_text())
+    found = {}
+    for variant in args.layers:
+        if variant in UNWIRED:
+            continue
+        for dim in args.dims:
+            values = [entry["test_ppl"] for name, entry in saved.items()
+                      if name.startswith(f"E{dim}_{variant}_seed") and "test_ppl" in entry]
+            if values:
+                found.setdefault(variant, {})[dim] = values
+    return found
+
+
 def plot(args, by_cell):
-    """sweep_ppl.png: test perplexity against E; sweep_relative.png: over softmax's."""
+    """sweep_ppl.png: test perplexity against E; sweep_relative.png: over softmax's. With
+    --reuse, the mixtures of the other wiring too, dashed (other_wiring)."""
     from ..bottleneck import pyplot  # when needed: it imports torch
 
     plt = pyplot()
     softmax = {dim: mean_and_spread(values_of(by_cell.get((dim, "softmax"), []), "test_ppl"))
                for dim in args.dims}
+    colours = {variant: f"C{i}" for i, variant in enumerate(args.layers)}
+    other = ("after the projection" if args.output_layer_reads == "hidden"
+             else "reading the hidden state")
+    series = [(variant, colours[variant], "-", {
+        dim: values_of(by_cell.get((dim, variant), []), "test_ppl") for dim in args.dims})
+        for variant in args.layers]
+    series += [(f"{variant}, {other}", colours[variant], "--", values)
+               for variant, values in other_wiring(args).items()]
     for name, relative_to_softmax in (("sweep_ppl", False), ("sweep_relative", True)):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for variant in args.layers:
+        fig, ax = plt.subplots(figsize=(8.4, 4.4))
+        for label, colour, linestyle, values in series:
             points = []
             for dim in args.dims:
-                summary = mean_and_spread(values_of(by_cell.get((dim, variant), []), "test_ppl"))
+                summary = mean_and_spread(values.get(dim, []))
                 if summary is None or (relative_to_softmax and softmax[dim] is None):
                     continue
                 mean, spread = summary
@@ -370,7 +399,8 @@ def plot(args, by_cell):
                 points.append((dim, mean, spread))
             if points:
                 dims, means, spreads = zip(*points)
-                ax.errorbar(dims, means, yerr=spreads, marker="o", capsize=3, label=variant)
+                ax.errorbar(dims, means, yerr=spreads, marker="o", capsize=3, label=label,
+                            color=colour, linestyle=linestyle)
         ax.set_xscale("log", base=2)
         ax.set_xticks(args.dims, [str(d) for d in args.dims])
         ax.set_xlabel("output width E (softmax rank <= E + 1)")
@@ -378,7 +408,7 @@ def plot(args, by_cell):
         if relative_to_softmax:
             ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
         ax.set_title(f"{args.data.name}: output-width sweep, {args.max_epochs} epochs")
-        ax.legend()
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(args.results_dir / f"{name}.png", dpi=120)
         plt.close(fig)

@@ -38,6 +38,24 @@ def test_plan_extra_seeds_at_the_smallest_width_and_mos_last(tmp_path):
         ["E64/mixtape_linear/1"]
 
 
+def test_the_plots_take_the_other_wirings_mixtures_from_reuse(tmp_path):
+    """The dashed lines: every seed of each mixture of --reuse with a test perplexity, at every
+    width of --dims (E = d included, where the wiring changes nothing); softmax and sigsoftmax
+    (the same in both wirings), unfinished runs, other layers and other widths are left out."""
+    old = tmp_path / "sweep.json"
+    old.write_text(json.dumps({
+        "E16_mixtape_seed1": {"test_ppl": 230.0}, "E16_mixtape_seed2": {"test_ppl": 232.0},
+        "E16_softmax_seed1": {"test_ppl": 225.0}, "E16_mos_seed1": {"valid_ppl_curve": [300.0]},
+        "E32_control_seed1": {"test_ppl": 178.0}, "E128_mixtape_seed1": {"test_ppl": 117.0},
+        "E16_mixtape_papers_seed1": {"test_ppl": 290.0}, "E64_mixtape_seed1": {"test_ppl": 137.0}}))
+    args = sweep.parse_args(["--out", str(tmp_path), "--stages", "table", "--dims", "16,32,128",
+                             "--layers", "softmax,mixtape,control,mos", "--reuse", str(old)])
+    assert sweep.other_wiring(args) == {"mixtape": {16: [230.0, 232.0], 128: [117.0]},
+                                        "control": {32: [178.0]}}
+    args.reuse = None
+    assert sweep.other_wiring(args) == {}
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--layers", "softmax,mixture"], "--layers: got 'softmax,mixture' (unknown: 'mixture'); "
                                       "allowed: comma-separated output layers from softmax, "
