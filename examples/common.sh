@@ -58,6 +58,9 @@ check_choice() {
 # The plugin's output layers (fairseq_mixtape.output_layers.OUTPUT_LAYERS), for --output-layer.
 OUTPUT_LAYERS=(softmax mos mixtape sigsoftmax mos_sigsoftmax)
 
+# check_file FLAG FILE WHAT: FILE exists, or bad_arg naming WHAT is allowed.
+check_file() { [[ -f "$2" ]] || bad_arg "$1" "got '$2', no such file; allowed: $3"; }
+
 # check_local_files FLAG DIR WHAT FILE...: DIR is a folder holding every FILE, or bad_arg with
 # what is missing (the first five); WHAT describes the files in the message.
 check_local_files() {

@@ -50,8 +50,7 @@ DATA=${POSITIONAL[0]} SAVE_DIR=${POSITIONAL[1]}
 check_local_files DATA_BIN "$DATA" "binarized LM data (prepare.sh)" dict.txt
 check_local_files SAVE_DIR "$SAVE_DIR" "the files of a train.sh run" recipe.conf
 if [[ -n "$CHECKPOINT" ]]; then
-  [[ -f "$CHECKPOINT" ]] || bad_arg --checkpoint "got '$CHECKPOINT', no such file; allowed: a \
-checkpoint file"
+  check_file --checkpoint "$CHECKPOINT" "a checkpoint file"
 else
   CHECKPOINT=$SAVE_DIR/checkpoint_best.pt
   [[ -f "$CHECKPOINT" ]] || bad_arg SAVE_DIR "got '$SAVE_DIR', which has no checkpoint_best.pt; \

@@ -57,12 +57,11 @@ done
 (( ${#POSITIONAL[@]} == 2 )) || bad_arg "DATA_BIN SAVE_DIR" "got '${POSITIONAL[*]}'; \
 allowed: two arguments, the data folder and the training run's folder"
 DATA=${POSITIONAL[0]} SAVE_DIR=${POSITIONAL[1]}
-check_local_files DATA_BIN "$DATA" "data prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh" recipe.conf
+check_local_files DATA_BIN "$DATA" \
+  "data prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh" recipe.conf
 [[ -d "$SAVE_DIR" ]] || bad_arg SAVE_DIR "got '$SAVE_DIR', no such folder; allowed: the \
 training run's folder"
-if [[ -n "$CHECKPOINT" && ! -f "$CHECKPOINT" ]]; then
-  bad_arg --checkpoint "got '$CHECKPOINT', no such file; allowed: a checkpoint file"
-fi
+if [[ -n "$CHECKPOINT" ]]; then check_file --checkpoint "$CHECKPOINT" "a checkpoint file"; fi
 require fairseq-generate python
 SRC=$(conf_get src "$DATA/recipe.conf") TGT=$(conf_get tgt "$DATA/recipe.conf")
 SEGMENTATION=$(conf_get segmentation "$DATA/recipe.conf")

@@ -43,11 +43,10 @@ done
 (( ${#POSITIONAL[@]} == 2 )) || bad_arg "GEN_OUT DATA_BIN" "got '${POSITIONAL[*]}'; \
 allowed: two arguments, a fairseq-generate output and its data folder"
 GEN=${POSITIONAL[0]} DATA=${POSITIONAL[1]}
-[[ -f "$GEN" ]] || bad_arg GEN_OUT "got '$GEN', no such file; allowed: a fairseq-generate output"
-check_local_files DATA_BIN "$DATA" "data prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh" recipe.conf
-if [[ -n "$REF" ]]; then
-  [[ -f "$REF" ]] || bad_arg --ref "got '$REF', no such file; allowed: a reference file"
-fi
+check_file GEN_OUT "$GEN" "a fairseq-generate output"
+check_local_files DATA_BIN "$DATA" \
+  "data prepared by prepare-wmt14en2de.sh or prepare-wmt14en2fr.sh" recipe.conf
+if [[ -n "$REF" ]]; then check_file --ref "$REF" "a reference file"; fi
 require sacrebleu sacremoses
 SRC=$(conf_get src "$DATA/recipe.conf") TGT=$(conf_get tgt "$DATA/recipe.conf")
 SEGMENTATION=$(conf_get segmentation "$DATA/recipe.conf")
