@@ -55,6 +55,10 @@ e64_seed2() {  # a second seed at E = 64, where one seed met the 2% target by 0.
   sweep --out runs/sweep_hidden --results-dir "$RESULTS/sweep_hidden_e64_seed2" --dims 64 \
     --layers softmax,mixtape --seeds 2 --extra-seeds '' --jobs 1
 }
+e32_seed2() {  # a second seed at E = 32, which had one: softmax and Mixtape, in their own table
+  sweep --out runs/sweep_hidden --results-dir "$RESULTS/sweep_hidden_e32_seed2" --dims 32 \
+    --layers softmax,mixtape --seeds 2 --extra-seeds '' --jobs 1 "$@"
+}
 table() {  # every run of the 6-epoch sweep, finished or to come, in one table and figure,
   # written by this work tree's script (reading run folders changes no run in flight)
   CODE=. six --dims 16,32,64,128 --layers softmax,mixtape,control,mos,sigsoftmax,mixtape_linear \
@@ -68,12 +72,14 @@ table
 #    the plateau check, 12 epochs at E = 16: softmax and Mixtape, then the control; then
 #      Mixtape with linear contexts at E = 16, seeds 1 and 2 (asked for after all the others:
 #      they start when this lane is free, on the core the other lane leaves idle); then
-#      softmax and Mixtape at E = 64 with a second seed (added once the rest had run);
+#      softmax and Mixtape at E = 64, then at E = 32, with a second seed (added once the rest
+#      had run);
 #    E = 32 and 64: Mixtape and the control, then MoS-4 at E = 16 and 64
 ( twelve --layers softmax,mixtape,control --jobs 1
   CODE=$LINEAR_CODE six --dims 16 --layers mixtape_linear --seeds 1,2 --extra-seeds '' --jobs 1 \
     && table
-  e64_seed2 ) &
+  e64_seed2
+  e32_seed2 ) &
 ( six --dims 32,64 --layers mixtape,control --extra-seeds '' --jobs 1 && table
   six --dims 16,64 --layers mos --extra-seeds '' --jobs 1 && table ) &
 wait
