@@ -57,7 +57,7 @@ e64_seed2() {  # a second seed at E = 64, where one seed met the 2% target by 0.
 }
 e32_seed2() {  # a second seed at E = 32, which had one: softmax and Mixtape, in their own table
   sweep --out runs/sweep_hidden --results-dir "$RESULTS/sweep_hidden_e32_seed2" --dims 32 \
-    --layers softmax,mixtape --seeds 2 --extra-seeds '' --jobs 1 "$@"
+    --layers softmax,mixtape --seeds 2 --extra-seeds '' --jobs 1
 }
 table() {  # every run of the 6-epoch sweep, finished or to come, in one table and figure,
   # written by this work tree's script (reading run folders changes no run in flight)
