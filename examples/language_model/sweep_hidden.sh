@@ -50,14 +50,15 @@ twelve() {
   sweep --out runs/sweep_hidden_12ep --results-dir "$RESULTS/sweep_hidden_12ep" --max-epochs 12 \
     --dims 16 --extra-seeds '' "$@"
 }
-e64_seed2() {  # a second seed at E = 64, where one seed met the 2% target by 0.1%: softmax and
-  # Mixtape, in their own table
+e64_seed2() {  # a second seed at E = 64, where one seed met the 2% target by 0.1%: softmax,
+  # Mixtape and the control, in their own table
   sweep --out runs/sweep_hidden --results-dir "$RESULTS/sweep_hidden_e64_seed2" --dims 64 \
-    --layers softmax,mixtape --seeds 2 --extra-seeds '' --jobs 1
+    --layers softmax,mixtape,control --seeds 2 --extra-seeds '' --jobs 1
 }
-e32_seed2() {  # a second seed at E = 32, which had one: softmax and Mixtape, in their own table
+e32_seed2() {  # a second seed at E = 32, which had one: softmax, Mixtape and the control, in
+  # their own table
   sweep --out runs/sweep_hidden --results-dir "$RESULTS/sweep_hidden_e32_seed2" --dims 32 \
-    --layers softmax,mixtape --seeds 2 --extra-seeds '' --jobs 1
+    --layers softmax,mixtape,control --seeds 2 --extra-seeds '' --jobs 1
 }
 table() {  # every run of the 6-epoch sweep, finished or to come, in one table and figure,
   # written by this work tree's script (reading run folders changes no run in flight)
