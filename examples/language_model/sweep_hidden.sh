@@ -73,8 +73,8 @@ table
 #    the plateau check, 12 epochs at E = 16: softmax and Mixtape, then the control; then
 #      Mixtape with linear contexts at E = 16, seeds 1 and 2 (asked for after all the others:
 #      they start when this lane is free, on the core the other lane leaves idle); then
-#      softmax and Mixtape at E = 64, then at E = 32, with a second seed (added once the rest
-#      had run);
+#      softmax, Mixtape and the control at E = 64, then at E = 32, with a second seed (added
+#      once the rest had run);
 #    E = 32 and 64: Mixtape and the control, then MoS-4 at E = 16 and 64
 ( twelve --layers softmax,mixtape,control --jobs 1
   CODE=$LINEAR_CODE six --dims 16 --layers mixtape_linear --seeds 1,2 --extra-seeds '' --jobs 1 \
