@@ -54,7 +54,7 @@ second_seed() {  # second_seed E: softmax, Mixtape and the control with seed 2 a
   # their own table (results/sweep_hidden_eE_seed2), written by this work tree's script as in
   # table()
   local runs=(--out runs/sweep_hidden --results-dir "$RESULTS/sweep_hidden_e$1_seed2" --dims "$1"
-    --layers softmax,mixtape,control --seeds 2 --extra-seeds '' --jobs 1)
+    --layers "softmax,mixtape,control" --seeds 2 --extra-seeds '' --jobs 1)
   sweep "${runs[@]}" --stages prepare,train,eval,rank
   CODE=. sweep "${runs[@]}" --stages table > /dev/null
 }
