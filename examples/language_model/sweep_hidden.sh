@@ -8,11 +8,11 @@
 #   nohup bash examples/language_model/sweep_hidden.sh > runs/sweep_hidden.log 2>&1 &
 #
 # The runs that the wiring does not change (softmax and sigsoftmax at every E, every layer at
-# E = 128) are reused from the sweep with the old wiring (results/sweep.json). About 16
+# E = 128) are reused from the sweep with the old wiring (results/sweep.json). About 20
 # core-hours on 2 cores, two runs at a time, one torch thread each.
 set -euo pipefail
 # No options: -h prints the comment above; anything else is refused before any work (a mistyped
-# option must not start the 14-hour sweep).
+# option must not start the day-long sweep).
 if (( $# )); then
   if [[ $1 == -h || $1 == --help ]]; then
     echo "Usage: $(basename "$0")   (no options)"
@@ -50,13 +50,17 @@ twelve() {
   sweep --out runs/sweep_hidden_12ep --results-dir "$RESULTS/sweep_hidden_12ep" --max-epochs 12 \
     --dims 16 --extra-seeds '' "$@"
 }
-second_seed() {  # second_seed E: softmax, Mixtape and the control with seed 2 at width E, in
-  # their own table (results/sweep_hidden_eE_seed2), written by this work tree's script as in
-  # table()
-  local runs=(--out runs/sweep_hidden --results-dir "$RESULTS/sweep_hidden_e$1_seed2" --dims "$1"
-    --layers "softmax,mixtape,control" --seeds 2 --extra-seeds '' --jobs 1)
+seed2() {  # seed2 NAME ARGS...: the runs that ARGS name, with seed 2, in their own table
+  # (results/sweep_hidden_NAME_seed2), written by this work tree's script as in table()
+  local name=$1
+  shift
+  local runs=(--out runs/sweep_hidden --results-dir "$RESULTS/sweep_hidden_${name}_seed2"
+    --seeds 2 --extra-seeds '' "$@")
   sweep "${runs[@]}" --stages prepare,train,eval,rank
   CODE=. sweep "${runs[@]}" --stages table > /dev/null
+}
+second_seed() {  # second_seed E: softmax, Mixtape and the control with seed 2 at width E
+  seed2 "e$1" --dims "$1" --layers "softmax,mixtape,control" --jobs 1
 }
 table() {  # every run of the 6-epoch sweep, finished or to come, in one table and figure,
   # written by this work tree's script (reading run folders changes no run in flight)
@@ -67,7 +71,7 @@ table() {  # every run of the 6-epoch sweep, finished or to come, in one table a
 # 1. E = 16: Mixtape and the control, seeds 1 and 2 (softmax's two seeds reused)
 six --dims 16 --layers softmax,mixtape,control --reuse "$OLD" --jobs 2
 table
-# Then two lanes side by side, one run each at a time:
+# 2. Then two lanes side by side, one run each at a time:
 #    the plateau check, 12 epochs at E = 16: softmax and Mixtape, then the control; then
 #      Mixtape with linear contexts at E = 16, seeds 1 and 2 (asked for after all the others:
 #      they start when this lane is free, on the core the other lane leaves idle); then
@@ -83,5 +87,8 @@ table
 ( six --dims 32,64 --layers mixtape,control --extra-seeds '' --jobs 1 && table
   six --dims 16,64 --layers mos --extra-seeds '' --jobs 1 && table ) &
 wait
+# 3. Last, MoS-4 with seed 2 at E = 16 and 64 (added once the rest had run), beside the seed-2
+#    runs of softmax (reused at E = 16), Mixtape and the control; two runs at a time
+seed2 mos --dims 16,64 --layers "softmax,mixtape,control,mos" --reuse "$OLD" --jobs 2
 table
 echo "sweep_hidden: all runs done"
