@@ -133,11 +133,25 @@ def check_args(parser, args):
     if args.clip_norm < 0:
         parser.error(f"--clip-norm: got {args.clip_norm:g}; allowed: a number >= 0 (0: no "
                      "clipping)")
-    if args.reuse is not None and not args.reuse.is_file():
-        parser.error(f"--reuse: no such file {args.reuse}; allowed: a sweep.json")
+    if args.reuse is not None:
+        args.reused = reused_sweep(parser, args.reuse)
     if "prepare" in args.stages:
         args.corpus = {split: corpus_file(parser, args.data, split)
                        for split in ("train", "valid", "test")}
+
+
+def reused_sweep(parser, path: pathlib.Path) -> dict:
+    """The finished runs of --reuse, read once: {run name: its recorded values}."""
+    if not path.is_file():
+        parser.error(f"--reuse: no such file {path}; allowed: a sweep.json")
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as error:
+        parser.error(f"--reuse: {path} is not JSON ({error}); allowed: a sweep.json")
+    if not isinstance(saved, dict):
+        parser.error(f"--reuse: {path} holds a {type(saved).__name__}; allowed: a sweep.json "
+                     "(an object of runs by name)")
+    return saved
 
 
 def corpus_file(parser, folder: pathlib.Path, split: str) -> pathlib.Path:
@@ -176,8 +190,13 @@ def seeds_of(args, dim, variant):
     return [*args.seeds, *args.extra_seeds] if extra else args.seeds
 
 
+def run_name(dim, variant, seed) -> str:
+    """A run's key in sweep.json (and in --reuse's)."""
+    return f"E{dim}_{variant}_seed{seed}"
+
+
 def sweep_run(args, dim, variant, seed):
-    run = Run(args.out / "runs" / f"E{dim}", variant, seed, name=f"E{dim}_{variant}_seed{seed}")
+    run = Run(args.out / "runs" / f"E{dim}", variant, seed, name=run_name(dim, variant, seed))
     run.dim = dim
     return run
 
@@ -255,9 +274,8 @@ def reuse_unchanged(args, runs) -> None:
     """Take from ``--reuse`` (a sweep.json of the other wiring) the finished runs that the
     wiring does not change: softmax and sigsoftmax, and every layer at E = d (no projection);
     they are marked ``reused_from`` and not trained. An entry of another length is refused."""
-    saved = json.loads(args.reuse.read_text())
     for run in runs:
-        entry = saved.get(run.name, {})
+        entry = args.reused.get(run.name, {})
         if (run.layer not in UNWIRED and run.dim != args.body_dim) or "rank" not in entry:
             continue
         epochs = len(entry.get("valid_ppl_curve", []))
@@ -352,18 +370,19 @@ def write_table(args, runs):
 
 def other_wiring(args) -> dict:
     """{variant: {E: [test ppl by seed]}} of the mixtures in ``--reuse`` (the sweep with the
-    other wiring), for the plots' dashed lines; at E = d, where there is no projection, they are
-    the runs that this sweep reuses, so each dashed line meets its solid one there."""
+    other wiring), for the plots' dashed lines, with the seeds that this sweep runs at each E
+    (seeds_of); at E = d, where there is no projection, they are the runs that this sweep reuses,
+    so each dashed line meets its solid one there."""
     if args.reuse is None:
         return {}
-    saved = json.loads(args.reuse.read_text())
     found = {}
     for variant in args.layers:
         if variant in UNWIRED:
             continue
         for dim in args.dims:
-            values = [entry["test_ppl"] for name, entry in saved.items()
-                      if name.startswith(f"E{dim}_{variant}_seed") and "test_ppl" in entry]
+            entries = [args.reused.get(run_name(dim, variant, seed), {})
+                       for seed in seeds_of(args, dim, variant)]
+            values = [entry["test_ppl"] for entry in entries if "test_ppl" in entry]
             if values:
                 found.setdefault(variant, {})[dim] = values
     return found

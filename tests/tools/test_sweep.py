@@ -39,9 +39,10 @@ def test_plan_extra_seeds_at_the_smallest_width_and_mos_last(tmp_path):
 
 
 def test_the_plots_take_the_other_wirings_mixtures_from_reuse(tmp_path):
-    """The dashed lines: every seed of each mixture of --reuse with a test perplexity, at every
-    width of --dims (E = d included, where the wiring changes nothing); softmax and sigsoftmax
-    (the same in both wirings), unfinished runs, other layers and other widths are left out."""
+    """The dashed lines: each mixture of --reuse with a test perplexity, at every width of
+    --dims (E = d included, where the wiring changes nothing), with the seeds that this sweep
+    runs there; softmax and sigsoftmax (the same in both wirings), unfinished runs, other layers,
+    other widths and other seeds are left out."""
     old = tmp_path / "sweep.json"
     old.write_text(json.dumps({
         "E16_mixtape_seed1": {"test_ppl": 230.0}, "E16_mixtape_seed2": {"test_ppl": 232.0},
@@ -52,8 +53,24 @@ def test_the_plots_take_the_other_wirings_mixtures_from_reuse(tmp_path):
                              "--layers", "softmax,mixtape,control,mos", "--reuse", str(old)])
     assert sweep.other_wiring(args) == {"mixtape": {16: [230.0, 232.0], 128: [117.0]},
                                         "control": {32: [178.0]}}
+    args = sweep.parse_args(["--out", str(tmp_path), "--stages", "table", "--dims", "16,32,128",
+                             "--layers", "mixtape,control", "--seeds", "2", "--extra-seeds", "",
+                             "--reuse", str(old)])
+    assert sweep.other_wiring(args) == {"mixtape": {16: [232.0]}}
     args.reuse = None
     assert sweep.other_wiring(args) == {}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{", "is not JSON (Expecting property name"),
+    ("[1]", "holds a list; allowed: a sweep.json (an object of runs by name)"),
+])
+def test_reuse_that_is_not_a_sweep_json_refused(text, message, capsys, tmp_path):
+    old = tmp_path / "sweep.json"
+    old.write_text(text)
+    assert f"--reuse: {old} {message}" in refused(
+        sweep.parse_args, ["--out", str(tmp_path), "--stages", "table", "--reuse", str(old)],
+        capsys)
 
 
 @pytest.mark.parametrize("argv,message", [
